@@ -1,0 +1,75 @@
+"""Error classes that drive the consumer loop's retry/dead-letter decision.
+
+* ``PermanentError``: retrying cannot help (malformed message, undecodable image, unknown reference).
+  The record goes to ``<topic>.dlq`` with the reason and the loop moves on.
+* ``TransientError``: the world is temporarily broken (broker, object store or database unavailable).
+  The batch is not committed; the loop backs off and processes it again.
+"""
+
+from __future__ import annotations
+
+
+class PermanentError(Exception):
+    """Processing this record can never succeed; dead-letter it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InvalidMessage(PermanentError):
+    """The record's bytes do not parse as the topic's contract."""
+
+
+class TransientError(Exception):
+    """A dependency is unavailable; retry later without committing."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Classify infrastructure failures from the libraries we use as transient.
+
+    Imports are local so that this module stays importable without the optional clients and so
+    that classification never fails because a library is missing.
+    """
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, PermanentError):
+        return False
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    try:
+        import psycopg2
+
+        if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
+            return True
+    except ImportError:  # pragma: no cover - psycopg2 is a hard dependency
+        pass
+    try:
+        from kafka.errors import KafkaError
+
+        if isinstance(exc, KafkaError):
+            return bool(getattr(exc, "retriable", False)) or type(exc).__name__ in {
+                "KafkaTimeoutError",
+                "NoBrokersAvailable",
+                "KafkaConnectionError",
+            }
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import urllib3.exceptions
+
+        if isinstance(exc, urllib3.exceptions.HTTPError):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from minio.error import S3Error, ServerError
+
+        if isinstance(exc, ServerError):
+            return True
+        if isinstance(exc, S3Error):
+            # Missing objects/buckets are the record's fault; everything else is the store's.
+            return exc.code not in {"NoSuchKey", "NoSuchBucket", "AccessDenied", "InvalidObjectName"}
+    except ImportError:  # pragma: no cover
+        pass
+    return False

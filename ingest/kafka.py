@@ -1,0 +1,47 @@
+"""Factories for kafka-python clients configured the way the consumer loop needs them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+from ingest.settings import KafkaSettings
+
+
+def make_consumer(
+    kafka: KafkaSettings, group_id: str, topics: Sequence[str], **overrides: Any
+) -> KafkaConsumer:
+    """A group consumer that never commits on its own: the loop commits after results are durable."""
+    kw: dict[str, Any] = {
+        **kafka.client_kwargs(),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": kafka.max_poll_records,
+        "max_poll_interval_ms": kafka.max_poll_interval_ms,
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": max(1000, kafka.session_timeout_ms // 10),
+    }
+    kw.update(overrides)
+    consumer = KafkaConsumer(**kw)
+    consumer.subscribe(list(topics))
+    return consumer
+
+
+def make_producer(kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
+    """An idempotent producer that waits for all in-sync replicas: a flushed send is durable."""
+    kw: dict[str, Any] = {
+        **kafka.client_kwargs(),
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "retries": 5,
+    }
+    kw.update(overrides)
+    return KafkaProducer(**kw)
+
+
+def make_admin(kafka: KafkaSettings) -> KafkaAdminClient:
+    return KafkaAdminClient(**kafka.client_kwargs())

@@ -1,0 +1,398 @@
+"""The one consumer loop every service runs.
+
+Contract, in order, for each batch:
+
+1. poll records until ``max_batch`` records or ``max_wait_ms`` after the first one;
+2. call the handler; it makes its results durable (database upserts, objects) and may mark
+   single records as permanently failed with ``Batch.fail`` and queue downstream messages with
+   ``Batch.produce``;
+3. send the queued messages and one dead letter per failed record, and flush the producer;
+4. only then commit ``last_offset + 1`` for every partition in the batch.
+
+If the handler (or the flush) raises a transient error, nothing is committed: the loop seeks
+back to the batch's first offsets, backs off and processes the batch again. If the handler
+raises anything else, the batch is replayed one record at a time so that the poison record
+is found and dead-lettered and its neighbours are still processed. Writes must therefore be
+idempotent (keyed upserts): a record can be handled more than once, never lost.
+
+SIGTERM/SIGINT set a flag: the current batch finishes and commits, then the loop closes. A
+second signal exits at once (uncommitted records are redelivered to the next consumer).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Protocol
+
+from kafka import TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from ingest.contracts import DeadLetter, encode, utcnow
+from ingest.errors import PermanentError, is_transient
+from ingest.metrics import LoopMetrics
+from ingest.topics import dlq_topic
+
+logger = logging.getLogger(__name__)
+
+MAX_REASON = 4000
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int = 0
+
+    @property
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass(frozen=True)
+class Failure:
+    record: Record
+    error_class: str
+    reason: str
+
+
+@dataclass
+class Batch:
+    """What the handler sees: the records, plus the two ways it reports back."""
+
+    records: list[Record]
+    failures: dict[tuple[str, int, int], Failure] = field(default_factory=dict)
+    outputs: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
+
+    def fail(self, record: Record, error: BaseException | str) -> None:
+        """Mark ``record`` as permanently failed; it will be dead-lettered with this reason."""
+        if isinstance(error, BaseException):
+            reason = getattr(error, "reason", None) or str(error) or type(error).__name__
+            error_class = type(error).__name__
+        else:
+            reason, error_class = error, "PermanentError"
+        key = (record.topic, record.partition, record.offset)
+        self.failures[key] = Failure(record, error_class, reason[:MAX_REASON])
+
+    def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Queue a downstream message; it is sent and flushed before the batch is committed."""
+        self.outputs.append((topic, key, value))
+
+    def pending(self) -> Iterator[Record]:
+        """Records not (yet) marked as failed."""
+        for r in self.records:
+            if (r.topic, r.partition, r.offset) not in self.failures:
+                yield r
+
+
+Handler = Callable[[Batch], None]
+
+
+class ConsumerLike(Protocol):
+    def poll(
+        self, timeout_ms: int = ..., max_records: int | None = ..., update_offsets: bool = ...
+    ) -> Any: ...
+    def commit(self, offsets: Any = ..., timeout_ms: int | None = ...) -> None: ...
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+    def close(self, autocommit: bool = ..., timeout_ms: int | None = ...) -> None: ...
+    def assignment(self) -> Any: ...
+    def position(self, partition: TopicPartition, timeout_ms: int | None = ...) -> Any: ...
+    def highwater(self, partition: TopicPartition) -> Any: ...
+
+
+class ProducerLike(Protocol):
+    def send(self, topic: str, value: bytes | None = ..., key: bytes | None = ...) -> Any: ...
+    def flush(self, timeout: float | None = ...) -> None: ...
+    def close(self, timeout: float | None = ...) -> None: ...
+
+
+@dataclass
+class LoopConfig:
+    service: str
+    max_batch: int = 256
+    max_wait_ms: int = 200
+    poll_timeout_ms: int = 500
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    flush_timeout_s: float = 30.0
+
+
+@dataclass
+class RunStats:
+    processed: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    retries: int = 0
+    stopped_by: str = ""
+
+
+class _Retry(Exception):
+    """Internal: the batch hit a transient error and must be processed again."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class ConsumerLoop:
+    """Runs ``handler`` over batches from ``consumer`` with commit-after-durable semantics.
+
+    The loop does not create the clients but owns them once ``run`` starts: it closes the
+    consumer after the final commit, then the producer (which flushes anything still queued).
+    """
+
+    def __init__(
+        self,
+        consumer: ConsumerLike,
+        producer: ProducerLike,
+        handler: Handler,
+        config: LoopConfig,
+        metrics: LoopMetrics | None = None,
+    ) -> None:
+        self.consumer = consumer
+        self.producer = producer
+        self.handler = handler
+        self.config = config
+        self.metrics = metrics
+        self._stop = threading.Event()
+        self._signals = 0
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish the current batch, commit, and return."""
+        self._stop.set()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            logger.warning("second signal %d: exiting now, the uncommitted batch will be redelivered", signum)
+            raise SystemExit(128 + signum)
+        logger.info("signal %d: finishing the current batch, then stopping", signum)
+        self._stop.set()
+
+    @contextlib.contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals can only be handled on the main thread; stop() still works
+            return
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    # -- main loop -----------------------------------------------------------------------------
+
+    def run(self, max_records: int | None = None, idle_timeout: float | None = None) -> RunStats:
+        """Consume until stopped, ``max_records`` processed, or ``idle_timeout`` seconds without records.
+
+        Always commits the last completed batch and closes both clients before returning.
+        """
+        stats = RunStats()
+        attempts = 0
+        with contextlib.ExitStack() as stack:
+            stack.callback(self._close_producer)
+            stack.callback(self._close_consumer)
+            stack.enter_context(self._signal_handlers())
+            last_activity = time.monotonic()
+            while not self._stop.is_set():
+                remaining = (
+                    None if max_records is None else max_records - stats.processed - stats.dead_lettered
+                )
+                if remaining is not None and remaining <= 0:
+                    stats.stopped_by = "max_records"
+                    break
+                records = self._poll_batch(remaining)
+                if not records:
+                    if idle_timeout is not None and time.monotonic() - last_activity >= idle_timeout:
+                        stats.stopped_by = "idle_timeout"
+                        break
+                    continue
+                last_activity = time.monotonic()
+                try:
+                    self._process(records, attempts + 1, stats)
+                    attempts = 0
+                except _Retry as r:
+                    attempts += 1
+                    stats.retries += 1
+                    self._rewind(records)
+                    delay = min(
+                        self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (attempts - 1)
+                    )
+                    logger.warning(
+                        "transient failure on %s (attempt %d), retrying in %.1fs: %s: %s",
+                        records[0].where,
+                        attempts,
+                        delay,
+                        type(r.cause).__name__,
+                        r.cause,
+                    )
+                    if self.metrics:
+                        self.metrics.transient_errors.labels(type(r.cause).__name__).inc()
+                        self.metrics.batches.labels("retried").inc()
+                    self._stop.wait(delay)
+            if not stats.stopped_by:
+                stats.stopped_by = "signal" if self._signals else "stop"
+        logger.info(
+            "loop stopped (%s): %d processed, %d dead-lettered, %d batches, %d retries",
+            stats.stopped_by,
+            stats.processed,
+            stats.dead_lettered,
+            stats.batches,
+            stats.retries,
+        )
+        return stats
+
+    def _poll_batch(self, remaining: int | None) -> list[Record]:
+        """Accumulate up to ``max_batch`` records, waiting at most ``max_wait_ms`` after the first."""
+        cap = self.config.max_batch if remaining is None else min(self.config.max_batch, remaining)
+        records: list[Record] = []
+        deadline: float | None = None
+        while len(records) < cap and not self._stop.is_set():
+            if deadline is None:
+                timeout_ms = self.config.poll_timeout_ms
+            else:
+                timeout_ms = int((deadline - time.monotonic()) * 1000)
+                if timeout_ms <= 0:
+                    break
+            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=cap - len(records))
+            for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):
+                for m in polled[tp]:
+                    records.append(Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp or 0))
+            if not records:
+                break  # nothing arrived within poll_timeout: let run() check its stop conditions
+            if deadline is None:
+                deadline = time.monotonic() + self.config.max_wait_ms / 1000
+        return records
+
+    def _process(self, records: list[Record], attempt: int, stats: RunStats) -> None:
+        started = time.monotonic()
+        batch = self._handle(records)
+        self._deliver(batch, attempt)
+        self._commit(records)
+        n_failed = len(batch.failures)
+        stats.processed += len(records) - n_failed
+        stats.dead_lettered += n_failed
+        stats.batches += 1
+        if self.metrics:
+            m = self.metrics
+            for r in batch.pending():
+                m.records.labels(r.topic, "processed").inc()
+            for f in batch.failures.values():
+                m.records.labels(f.record.topic, "dead_lettered").inc()
+                m.dead_letters.labels(f.record.topic, f.error_class).inc()
+            m.batches.labels("committed").inc()
+            m.batch_size.observe(len(records))
+            m.batch_seconds.observe(time.monotonic() - started)
+            self._update_lag()
+
+    def _handle(self, records: list[Record]) -> Batch:
+        """Run the handler; on a non-transient error, isolate the poison record(s) one by one."""
+        batch = Batch(records)
+        try:
+            self.handler(batch)
+            return batch
+        except Exception as e:
+            if is_transient(e):
+                raise _Retry(e) from e
+            if len(records) == 1:
+                batch = Batch(records)
+                batch.fail(records[0], e)
+                self._log_failure(records[0], e)
+                return batch
+            logger.warning(
+                "batch of %d failed (%s: %s); replaying one by one", len(records), type(e).__name__, e
+            )
+        merged = Batch(records)
+        for r in records:
+            single = self._handle([r])
+            merged.failures.update(single.failures)
+            merged.outputs.extend(single.outputs)
+        return merged
+
+    @staticmethod
+    def _log_failure(record: Record, e: BaseException) -> None:
+        level = logging.INFO if isinstance(e, PermanentError) else logging.ERROR
+        logger.log(level, "dead-lettering %s: %s: %s", record.where, type(e).__name__, e, exc_info=level > 20)
+
+    def _deliver(self, batch: Batch, attempt: int) -> None:
+        """Send outputs and dead letters, then flush: after this returns they are durable in Kafka."""
+        try:
+            for topic, key, value in batch.outputs:
+                self.producer.send(topic, value=value, key=key)
+            for f in batch.failures.values():
+                r = f.record
+                letter = DeadLetter(
+                    payload_b64=base64.b64encode(r.value or b"").decode(),
+                    key_b64=base64.b64encode(r.key).decode() if r.key is not None else None,
+                    topic=r.topic,
+                    partition=r.partition,
+                    offset=r.offset,
+                    error_class=f.error_class,
+                    reason=f.reason,
+                    attempts=attempt,
+                    service=self.config.service,
+                    failed_at=utcnow(),
+                )
+                self.producer.send(dlq_topic(r.topic), value=encode(letter), key=r.key)
+            self.producer.flush(timeout=self.config.flush_timeout_s)
+        except Exception as e:
+            # Whatever was sent may be duplicated on retry; downstream consumers upsert by key.
+            raise _Retry(e) from e
+
+    def _commit(self, records: list[Record]) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            if tp not in offsets or offsets[tp].offset <= r.offset:
+                offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+        try:
+            self.consumer.commit(offsets=offsets)
+        except Exception as e:
+            if is_transient(e):
+                raise _Retry(e) from e
+            # Typically a rebalance took the partitions away: the new owner reprocesses the batch,
+            # which the idempotent writes absorb. Losing nothing matters more than this batch's commit.
+            logger.warning("commit failed (%s: %s); records will be redelivered", type(e).__name__, e)
+
+    def _rewind(self, records: list[Record]) -> None:
+        first: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            first[tp] = min(first.get(tp, r.offset), r.offset)
+        assigned = self.consumer.assignment()
+        for tp, offset in first.items():
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
+
+    def _update_lag(self) -> None:
+        if not self.metrics:
+            return
+        for tp in self.consumer.assignment():
+            try:
+                high = self.consumer.highwater(tp)
+                pos = self.consumer.position(tp, timeout_ms=1000)
+            except Exception:  # lag is best-effort telemetry; never fail a batch over it
+                continue
+            if high is not None and pos is not None:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
+
+    def _close_consumer(self) -> None:
+        with contextlib.suppress(Exception):
+            self.consumer.close(autocommit=False)
+
+    def _close_producer(self) -> None:
+        with contextlib.suppress(Exception):
+            self.producer.close(timeout=self.config.flush_timeout_s)

@@ -1,0 +1,65 @@
+"""Wiring shared by every consumer service's ``main()``: logging, settings, clients, metrics, loop."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from ingest.kafka import make_consumer, make_producer
+from ingest.loop import ConsumerLoop, Handler, LoopConfig
+from ingest.metrics import LoopMetrics, new_registry, serve_metrics
+from ingest.settings import ServiceSettings, StackSettings, describe
+
+logger = logging.getLogger(__name__)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Entry points call this once; library modules only ever create loggers."""
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@dataclass
+class Service:
+    loop: ConsumerLoop
+    registry: CollectorRegistry
+    metrics_port: int | None
+
+
+def build_service(
+    app: str,
+    topics: Sequence[str],
+    handler: Handler,
+    stack: StackSettings,
+    settings: ServiceSettings,
+    *,
+    max_batch: int | None = None,
+    max_wait_ms: int = 200,
+    registry: CollectorRegistry | None = None,
+) -> Service:
+    """Create the clients, the metrics endpoint and the loop for one consumer service."""
+    logger.info("%s starting: stack=%s settings=%s", app, describe(stack), describe(settings))
+    registry = registry or new_registry()
+    metrics = LoopMetrics.create(app, registry)
+    port = None
+    if settings.metrics_port is not None:
+        _server, port = serve_metrics(registry, settings.metrics_host, settings.metrics_port)
+    batch = max_batch or stack.kafka.max_poll_records
+    consumer = make_consumer(stack.kafka, settings.group_id, topics, max_poll_records=batch)
+    producer = make_producer(stack.kafka)
+    config = LoopConfig(
+        service=app,
+        max_batch=batch,
+        max_wait_ms=max_wait_ms,
+        poll_timeout_ms=settings.poll_timeout_ms,
+        backoff_initial_s=settings.backoff_initial_s,
+        backoff_max_s=settings.backoff_max_s,
+    )
+    return Service(ConsumerLoop(consumer, producer, handler, config, metrics), registry, port)

@@ -1,0 +1,74 @@
+"""Object storage port and its S3 adapter (MinIO in development, any S3 service in production)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Protocol
+
+from minio import Minio
+from minio.error import S3Error
+
+from ingest.errors import PermanentError
+from ingest.settings import S3Settings
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    content_type: str | None
+
+
+class ObjectStore(Protocol):
+    def put(self, bucket: str, key: str, data: bytes, content_type: str = ...) -> ObjectInfo: ...
+    def get(self, bucket: str, key: str, max_bytes: int) -> bytes: ...
+    def stat(self, bucket: str, key: str) -> ObjectInfo: ...
+
+
+class S3Store:
+    """``ObjectStore`` over the ``minio`` SDK. A missing object is the record's fault (permanent);
+    connection and server errors propagate and are classified as transient by the loop."""
+
+    def __init__(self, s3: S3Settings) -> None:
+        self.client = Minio(
+            s3.endpoint,
+            access_key=s3.access_key.get_secret_value(),
+            secret_key=s3.secret_key.get_secret_value(),
+            secure=s3.secure,
+            region=s3.region,
+        )
+
+    def put(
+        self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> ObjectInfo:
+        res = self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+        return ObjectInfo(bucket, key, len(data), res.etag or "", content_type)
+
+    def stat(self, bucket: str, key: str) -> ObjectInfo:
+        try:
+            st = self.client.stat_object(bucket, key)
+        except S3Error as e:
+            if e.code in {"NoSuchKey", "NoSuchBucket"}:
+                raise PermanentError(f"object s3://{bucket}/{key} does not exist") from e
+            raise
+        return ObjectInfo(bucket, key, st.size or 0, st.etag or "", st.content_type)
+
+    def get(self, bucket: str, key: str, max_bytes: int) -> bytes:
+        """Read an object, refusing (permanently) one larger than ``max_bytes``."""
+        try:
+            resp = self.client.get_object(bucket, key)
+        except S3Error as e:
+            if e.code in {"NoSuchKey", "NoSuchBucket"}:
+                raise PermanentError(f"object s3://{bucket}/{key} does not exist") from e
+            raise
+        try:
+            data = resp.read(max_bytes + 1)
+        finally:
+            resp.close()
+            resp.release_conn()
+        if len(data) > max_bytes:
+            raise PermanentError(f"object s3://{bucket}/{key} is larger than {max_bytes} bytes")
+        return data

@@ -1,0 +1,16 @@
+"""Topic names shared by every service (see the README's architecture section)."""
+
+from __future__ import annotations
+
+IMAGES_SUBMITTED = "images.submitted"
+IMAGES_VERDICTS = "images.verdicts"
+IMAGES_EXPLANATIONS = "images.explanations"
+MODERATION_FEEDBACK = "moderation.feedback"
+MODELS_PUBLISHED = "models.published"
+
+ALL_TOPICS = (IMAGES_SUBMITTED, IMAGES_VERDICTS, IMAGES_EXPLANATIONS, MODERATION_FEEDBACK, MODELS_PUBLISHED)
+
+
+def dlq_topic(topic: str) -> str:
+    """The dead-letter topic that receives records of ``topic`` that can never be processed."""
+    return f"{topic}.dlq"

@@ -1,0 +1,45 @@
+"""Shared fixtures. Integration tests talk to the real stack that `deploy/stack up` started
+(`make test` starts it); if it is unreachable they fail with a message saying so, never skip."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("CIFAKE_ENV_FILE", str(ROOT / ".stack" / "env"))
+
+from ingest.settings import StackSettings, load  # noqa: E402
+from tests.kafka_helpers import create_topics, delete_topics, kafka_reachable  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def stack() -> StackSettings:
+    settings = load(StackSettings)
+    problem = kafka_reachable(settings)
+    if problem:
+        pytest.fail(
+            f"the stack is not reachable ({problem}); start it with `deploy/stack up` "
+            f"(`make test` does this) — env file: {os.environ['CIFAKE_ENV_FILE']}"
+        )
+    return settings
+
+
+@pytest.fixture
+def topic(stack: StackSettings, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh 3-partition topic (plus its .dlq) for one test, deleted afterwards."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name)[:60]
+    name = f"test.{base}.{uuid.uuid4().hex[:8]}"
+    create_topics(stack, {name: 3, name + ".dlq": 1})
+    yield name
+    delete_topics(stack, [name, name + ".dlq"])
+
+
+@pytest.fixture
+def group() -> str:
+    return f"test-group-{uuid.uuid4().hex[:10]}"

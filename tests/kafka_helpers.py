@@ -1,0 +1,128 @@
+"""Small helpers for integration tests: topics, producing, reading back, committed offsets, waiting."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import NewTopic
+
+from ingest.kafka import make_admin, make_consumer, make_producer
+from ingest.loop import ConsumerLoop, Handler, LoopConfig
+from ingest.metrics import LoopMetrics
+from ingest.settings import StackSettings
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``predicate`` until it is true; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        pause.wait(interval)
+
+
+def kafka_reachable(stack: StackSettings) -> str | None:
+    try:
+        admin = make_admin(stack.kafka)
+        try:
+            admin.list_topics()
+        finally:
+            admin.close()
+    except Exception as e:
+        return f"Kafka at {stack.kafka.bootstrap_servers}: {type(e).__name__}: {e}"
+    return None
+
+
+def create_topics(stack: StackSettings, partitions: dict[str, int]) -> None:
+    admin = make_admin(stack.kafka)
+    try:
+        admin.create_topics([NewTopic(n, p, 1) for n, p in partitions.items()])
+        wait_until(lambda: set(partitions) <= set(admin.list_topics()), 30, f"topics {list(partitions)}")
+    finally:
+        admin.close()
+
+
+def delete_topics(stack: StackSettings, names: list[str]) -> None:
+    admin = make_admin(stack.kafka)
+    try:
+        admin.delete_topics(names)
+    except Exception:  # cleanup is best effort; a leftover test topic harms nothing
+        pass
+    finally:
+        admin.close()
+
+
+def produce(stack: StackSettings, topic: str, items: Iterable[tuple[bytes | None, bytes]]) -> int:
+    producer = make_producer(stack.kafka)
+    n = 0
+    try:
+        for key, value in items:
+            producer.send(topic, key=key, value=value)
+            n += 1
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+    return n
+
+
+def read_all(
+    stack: StackSettings, topic: str, expect: int, timeout: float = 30
+) -> list[tuple[int, int, bytes | None, bytes | None]]:
+    """Read (partition, offset, key, value) from the beginning of every partition until ``expect`` records."""
+    consumer = KafkaConsumer(**stack.kafka.client_kwargs(), enable_auto_commit=False)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out: list[tuple[int, int, bytes | None, bytes | None]] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < expect and time.monotonic() < deadline:
+            for _tp, msgs in consumer.poll(timeout_ms=200).items():
+                out.extend((m.partition, m.offset, m.key, m.value) for m in msgs)
+        return out
+    finally:
+        consumer.close()
+
+
+def committed(stack: StackSettings, group: str, topic: str) -> dict[int, int]:
+    admin = make_admin(stack.kafka)
+    try:
+        offsets = admin.list_consumer_group_offsets(group)
+    finally:
+        admin.close()
+    return {tp.partition: om.offset for tp, om in offsets.items() if tp.topic == topic and om.offset >= 0}
+
+
+def end_offsets(stack: StackSettings, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(**stack.kafka.client_kwargs())
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or set())]
+        return {tp.partition: off for tp, off in consumer.end_offsets(tps).items() if off > 0}
+    finally:
+        consumer.close()
+
+
+def make_loop(
+    stack: StackSettings,
+    topic: str,
+    group: str,
+    handler: Handler,
+    max_batch: int = 16,
+    metrics: LoopMetrics | None = None,
+    backoff_initial_s: float = 0.05,
+) -> ConsumerLoop:
+    consumer = make_consumer(stack.kafka, group, [topic], max_poll_records=max_batch)
+    producer = make_producer(stack.kafka)
+    config = LoopConfig(
+        service="test",
+        max_batch=max_batch,
+        max_wait_ms=50,
+        poll_timeout_ms=200,
+        backoff_initial_s=backoff_initial_s,
+    )
+    return ConsumerLoop(consumer, producer, handler, config, metrics)

@@ -1,0 +1,38 @@
+"""Settings come from the env file and the environment, in that priority, with secrets masked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ingest.settings import ServiceSettings, StackSettings, describe, load
+
+
+def test_env_file_then_environment_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = tmp_path / "env"
+    env.write_text(
+        "CIFAKE_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:1\n"
+        "CIFAKE_S3__ACCESS_KEY=ak\nCIFAKE_S3__SECRET_KEY=very-secret\n"
+        "CIFAKE_PG__DSN=postgresql://u:pw-secret@h:1/d\n"
+    )
+    monkeypatch.setenv("CIFAKE_ENV_FILE", str(env))
+    monkeypatch.setenv("CIFAKE_S3__ENDPOINT", "10.0.0.1:9000")
+    s = load(StackSettings)
+    assert s.kafka.bootstrap_servers == "127.0.0.1:1"
+    assert s.s3.endpoint == "10.0.0.1:9000"
+    assert s.s3.secret_key.get_secret_value() == "very-secret"
+    text = describe(s)
+    assert "very-secret" not in text and "pw-secret" not in text
+
+
+def test_missing_env_file_falls_back_to_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIFAKE_ENV_FILE", str(tmp_path / "absent"))
+    monkeypatch.delenv("CIFAKE_KAFKA__BOOTSTRAP_SERVERS", raising=False)
+    assert load(StackSettings).kafka.bootstrap_servers == "127.0.0.1:19092"
+
+
+def test_service_settings_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIFAKE_SERVICE_POLL_TIMEOUT_MS", "0")
+    with pytest.raises(ValueError):
+        ServiceSettings()
