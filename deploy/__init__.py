@@ -1,0 +1,1 @@
+"""Development stack: start/stop script (`deploy/stack`), readiness probes and idempotent provisioning."""
