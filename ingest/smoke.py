@@ -63,6 +63,8 @@ def run_smoke(stack: StackSettings, timeout_s: float = 60.0) -> dict[str, object
     deadline = time.monotonic() + timeout_s
     while not consumer.assignment() and time.monotonic() < deadline:
         consumer.poll(timeout_ms=200)
+    for tp in consumer.assignment():
+        consumer.position(tp)  # resolves "latest" now, before our record exists
     producer = make_producer(stack.kafka)
     producer.send(IMAGES_SUBMITTED, key=digest.encode(), value=encode(msg)).get(timeout=30)
 

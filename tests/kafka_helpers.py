@@ -90,12 +90,18 @@ def read_all(
 
 
 def committed(stack: StackSettings, group: str, topic: str) -> dict[int, int]:
-    admin = make_admin(stack.kafka)
+    """The group's committed offsets for ``topic`` (partitions without a commit are left out)."""
+    # A consumer that never subscribes does not join the group, so it cannot disturb it.
+    consumer = KafkaConsumer(**stack.kafka.client_kwargs(), group_id=group, enable_auto_commit=False)
     try:
-        offsets = admin.list_consumer_group_offsets(group)
+        out = {}
+        for p in sorted(consumer.partitions_for_topic(topic) or set()):
+            offset = consumer.committed(TopicPartition(topic, p))
+            if offset is not None and offset >= 0:
+                out[p] = offset
+        return out
     finally:
-        admin.close()
-    return {tp.partition: om.offset for tp, om in offsets.items() if tp.topic == topic and om.offset >= 0}
+        consumer.close(autocommit=False)
 
 
 def end_offsets(stack: StackSettings, topic: str) -> dict[int, int]:

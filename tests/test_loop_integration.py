@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -171,13 +172,20 @@ def test_second_signal_exits_at_once_and_the_batch_is_redelivered(
     produce(stack, topic, values(60))
     out = tmp_path / "processed.txt"
     proc = _start_worker(topic, group, out, work=30)  # a batch that would take 30 s
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
     try:
         wait_until(lambda: len(_lines(out)) >= 10, 90, "the first batch to be written")
         proc.send_signal(signal.SIGTERM)
+        # Two signals sent back to back can coalesce into one, so wait until the first was seen.
+        wait_until(lambda: any("finishing the current batch" in line for line in log), 20, "the first signal")
         proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=20)
+        proc.wait(timeout=20)
+        reader.join(timeout=5)
     finally:
         proc.kill()
+    output = "".join(log)
     assert proc.returncode == 128 + signal.SIGTERM, output
     first = _lines(out)
     rest = _drain_rest(stack, topic, group)
