@@ -1,0 +1,1 @@
+"""CIFAKE retrainer: data pipeline, training, evaluation and the architecture sweep for the scorer's model."""

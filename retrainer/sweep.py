@@ -1,0 +1,180 @@
+"""Architecture sweep: train each candidate under the same CPU time budget, then tabulate and plot.
+
+``python -m retrainer.sweep --data PATH --budget 150 --out benchmarks/sweep`` writes ``results.csv``,
+``results.md`` and ``pareto.png`` (validation accuracy vs CPU images/s at batch 256). Each candidate gets
+the same wall-clock budget with the learning-rate schedule following the clock, so small models see more
+epochs than large ones; that is the trade-off the sweep is meant to show for this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retrainer.train import TrainConfig, train
+from scorer.bench import images_per_second
+from scorer.models import count_params
+from scorer.weights import load_weights
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CANDIDATES = (
+    "baseline",
+    "vgg_small:16",
+    "resnet_small:16",
+    "fastnet_s",
+    "fastnet:24",
+    "fastnet:32",
+    "fastnet_l",
+)
+FIELDS = (
+    "candidate",
+    "arch",
+    "width",
+    "params",
+    "epochs",
+    "steps",
+    "val_accuracy",
+    "val_auroc",
+    "val_ece",
+    "cpu_images_per_s_b256",
+    "budget_s",
+)
+
+
+def parse_candidate(spec: str) -> tuple[str, int | None]:
+    name, _, width = spec.partition(":")
+    return name, int(width) if width else None
+
+
+def run_sweep(
+    data: str, candidates: list[str], budget: float, out: Path, runs: Path, threads: int, seed: int
+) -> list[dict[str, Any]]:
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for spec in candidates:
+        arch, width = parse_candidate(spec)
+        run_dir = runs / spec.replace(":", "-w")
+        cfg = TrainConfig(
+            data=data,
+            arch=arch,
+            width=width,
+            out=str(run_dir),
+            epochs=1000,
+            time_budget=budget,
+            threads=threads,
+            seed=seed,
+            progress=False,
+            version=f"sweep-{spec}",
+        )
+        if (run_dir / "history.jsonl").exists():
+            (run_dir / "history.jsonl").unlink()  # a rerun starts a fresh log
+        logger.info("sweep: training %s for %.0fs", spec, budget)
+        result = train(cfg)
+        model, meta = load_weights(result.weights)
+        ips = images_per_second(model, 256, torch.device("cpu"), meta.input_size, min_time=2.0)
+        row = {
+            "candidate": spec,
+            "arch": arch,
+            "width": width or "",
+            "params": count_params(model),
+            "epochs": meta.metrics["epochs_run"],
+            "steps": meta.metrics["steps"],
+            "val_accuracy": round(meta.metrics["val_accuracy"], 4),
+            "val_auroc": round(meta.metrics["val_auroc"], 5),
+            "val_ece": round(meta.metrics["val_ece"], 4),
+            "cpu_images_per_s_b256": round(ips),
+            "budget_s": budget,
+        }
+        logger.info("sweep: %s", json.dumps(row))
+        rows.append(row)
+        write_outputs(rows, out)  # after each candidate, so a long sweep leaves partial results
+    return rows
+
+
+def write_outputs(rows: list[dict[str, Any]], out: Path) -> None:
+    with (out / "results.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    lines = ["| " + " | ".join(FIELDS) + " |", "|" + "---|" * len(FIELDS)]
+    lines += ["| " + " | ".join(str(r[k]) for k in FIELDS) + " |" for r in rows]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    plot_pareto(rows, out / "pareto.png")
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows not dominated in (accuracy, throughput), sorted by throughput."""
+    front = [
+        r
+        for r in rows
+        if not any(
+            o["val_accuracy"] >= r["val_accuracy"]
+            and o["cpu_images_per_s_b256"] >= r["cpu_images_per_s_b256"]
+            and o is not r
+            and (o["val_accuracy"], o["cpu_images_per_s_b256"])
+            != (r["val_accuracy"], r["cpu_images_per_s_b256"])
+            for o in rows
+        )
+    ]
+    return sorted(front, key=lambda r: r["cpu_images_per_s_b256"])
+
+
+def plot_pareto(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for r in rows:
+        ax.scatter(r["cpu_images_per_s_b256"], 100 * r["val_accuracy"], s=20 + r["params"] / 5000)
+        ax.annotate(
+            r["candidate"],
+            (r["cpu_images_per_s_b256"], 100 * r["val_accuracy"]),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    front = pareto_front(rows)
+    ax.plot(
+        [r["cpu_images_per_s_b256"] for r in front], [100 * r["val_accuracy"] for r in front], "k--", lw=0.8
+    )
+    ax.set_xscale("log")
+    ax.set_xlabel("CPU images/s at batch 256 (2 threads)")
+    ax.set_ylabel("validation accuracy (%)")
+    budget = rows[0]["budget_s"] if rows else 0
+    ax.set_title(f"CIFAKE sweep, {budget:.0f}s CPU training budget each (marker size ~ params)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m retrainer.sweep", description=__doc__)
+    p.add_argument("--data", required=True)
+    p.add_argument("--budget", type=float, default=150.0, help="training seconds per candidate")
+    p.add_argument("--candidates", nargs="+", default=list(DEFAULT_CANDIDATES), help="arch or arch:width")
+    p.add_argument("--out", default="benchmarks/sweep")
+    p.add_argument("--runs", default="runs/sweep")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    run_sweep(
+        args.data, args.candidates, args.budget, Path(args.out), Path(args.runs), args.threads, args.seed
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

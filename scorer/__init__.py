@@ -1,0 +1,1 @@
+"""CIFAKE scorer: the detector models, their self-describing weights, preprocessing and inference."""
