@@ -11,9 +11,10 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from typing import TypeAlias
 
-Handler = Callable[[argparse.Namespace], int]
-SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+Handler: TypeAlias = Callable[[argparse.Namespace], int]
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def _add_bench_model(sub: SubParsers) -> Handler:
