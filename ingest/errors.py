@@ -10,15 +10,23 @@ from __future__ import annotations
 
 
 class PermanentError(Exception):
-    """Processing this record can never succeed; dead-letter it."""
+    """Processing this record can never succeed; dead-letter it.
 
-    def __init__(self, reason: str) -> None:
+    ``code`` is a short snake_case reason from a small fixed set (e.g. ``missing_object``,
+    ``not_an_image``): safe as a Prometheus label and stable for tests, unlike ``reason``.
+    """
+
+    def __init__(self, reason: str, code: str = "permanent") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.code = code
 
 
 class InvalidMessage(PermanentError):
     """The record's bytes do not parse as the topic's contract."""
+
+    def __init__(self, reason: str, code: str = "invalid_message") -> None:
+        super().__init__(reason, code)
 
 
 class TransientError(Exception):
