@@ -15,8 +15,13 @@ stack-up: setup
 stack-down:
 	$(STACK) down
 
+# The demo uses the CIFAKE zip beside the checkout when it is there (override: make demo DEMO_DATA=path),
+# otherwise generated images; it says which.
+DEMO_DATA ?= $(wildcard ../shared/datasets/cifake-train.zip)
+
 demo: stack-up
 	$(PY) -m ingest smoke
+	$(PY) -m scorer demo $(if $(DEMO_DATA),--data $(DEMO_DATA))
 
 # Lint first (seconds), then the whole suite against the real stack.
 test: stack-up lint

@@ -170,6 +170,7 @@ class DeadLetter(Contract):
     partition: int
     offset: int
     error_class: str
+    code: str = Field(default="permanent", max_length=64)  # bounded reason code, e.g. "too_many_pixels"
     reason: str = Field(max_length=4000)
     attempts: int = Field(ge=1)
     service: str

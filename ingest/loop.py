@@ -64,6 +64,7 @@ class Failure:
     record: Record
     error_class: str
     reason: str
+    code: str  # short, bounded reason code: the metrics label
 
 
 @dataclass
@@ -79,10 +80,12 @@ class Batch:
         if isinstance(error, BaseException):
             reason = getattr(error, "reason", None) or str(error) or type(error).__name__
             error_class = type(error).__name__
+            # Unexpected exceptions have no code; their class name is bounded by the code base.
+            code = getattr(error, "code", None) or f"unexpected_{error_class}"
         else:
-            reason, error_class = error, "PermanentError"
+            reason, error_class, code = error, "PermanentError", "permanent"
         key = (record.topic, record.partition, record.offset)
-        self.failures[key] = Failure(record, error_class, reason[:MAX_REASON])
+        self.failures[key] = Failure(record, error_class, reason[:MAX_REASON], str(code)[:64])
 
     def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Queue a downstream message; it is sent and flushed before the batch is committed."""
@@ -292,7 +295,7 @@ class ConsumerLoop:
                 m.records.labels(r.topic, "processed").inc()
             for f in batch.failures.values():
                 m.records.labels(f.record.topic, "dead_lettered").inc()
-                m.dead_letters.labels(f.record.topic, f.error_class).inc()
+                m.dead_letters.labels(f.record.topic, f.code).inc()
             m.batches.labels("committed").inc()
             m.batch_size.observe(len(records))
             m.batch_seconds.observe(time.monotonic() - started)
@@ -341,6 +344,7 @@ class ConsumerLoop:
                     partition=r.partition,
                     offset=r.offset,
                     error_class=f.error_class,
+                    code=f.code,
                     reason=f.reason,
                     attempts=attempt,
                     service=self.config.service,

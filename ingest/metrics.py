@@ -53,8 +53,8 @@ class LoopMetrics:
             ),
             dead_letters=Counter(
                 f"{app}_dead_letters_total",
-                "Records sent to the dead-letter topic, by error class",
-                ["topic", "error_class"],
+                "Records sent to the dead-letter topic, by reason code",
+                ["topic", "reason"],
                 registry=registry,
             ),
             transient_errors=Counter(

@@ -45,7 +45,37 @@ def _add_bench_model(sub: SubParsers) -> Handler:
     return run
 
 
-COMMANDS: list[Callable[[SubParsers], Handler]] = [_add_bench_model]
+def _add_streaming(sub: SubParsers) -> Handler:
+    from scorer.service import add_run_command
+
+    return add_run_command(sub)
+
+
+def _add_offline(sub: SubParsers) -> Handler:
+    from scorer.offline import add_score_command
+
+    return add_score_command(sub)
+
+
+def _add_bench_pipeline(sub: SubParsers) -> Handler:
+    from scorer.bench_pipeline import add_bench_command
+
+    return add_bench_command(sub)
+
+
+def _add_demo(sub: SubParsers) -> Handler:
+    from scorer.demo import add_demo_command
+
+    return add_demo_command(sub)
+
+
+COMMANDS: list[Callable[[SubParsers], Handler]] = [
+    _add_bench_model,
+    _add_streaming,
+    _add_offline,
+    _add_bench_pipeline,
+    _add_demo,
+]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,221 @@
+"""Scoring one micro-batch: parse, fetch, decode, infer, persist, announce.
+
+Per record, bad input (unparseable message, missing or refused reference, undecodable image) is marked
+failed and dead-lettered by the loop; the rest of the batch is scored. An unavailable dependency (object
+store, database) raises, so the loop retries the whole batch without committing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ingest.contracts import ImageSubmitted, Verdict, decode, encode, utcnow
+from ingest.decode import DecodeLimits, decode_image, to_rgb_array
+from ingest.errors import InvalidMessage, PermanentError, is_transient
+from ingest.fetch import Fetcher
+from ingest.loop import Batch, Record
+from ingest.storage import ObjectStore
+from ingest.topics import IMAGES_VERDICTS
+from scorer.engine import ServingModel, label_for
+from scorer.sink import ImageRow, VerdictSink
+
+logger = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class ScorerMetrics:
+    verdicts: Counter
+    stage_seconds: Histogram
+    e2e_seconds: Histogram
+    model_info: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry, app: str = "scorer") -> ScorerMetrics:
+        return cls(
+            verdicts=Counter(
+                f"{app}_verdicts_total",
+                "Verdicts written, by label",
+                ["label", "model_version"],
+                registry=registry,
+            ),
+            stage_seconds=Histogram(
+                f"{app}_stage_seconds",
+                "Wall time per batch and stage (fetch, decode, infer, write)",
+                ["stage"],
+                registry=registry,
+            ),
+            e2e_seconds=Histogram(
+                f"{app}_end_to_end_latency_seconds",
+                "submitted_at to verdict durable, per image",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            model_info=Gauge(
+                f"{app}_model_info", "The serving model (value 1)", ["version", "arch"], registry=registry
+            ),
+        )
+
+
+@dataclass
+class _Item:
+    record: Record
+    msg: ImageSubmitted
+    data: bytes = b""
+    array: np.ndarray | None = None
+    size: tuple[int, int] | None = None
+    fmt: str | None = None
+
+
+class ScoreHandler:
+    def __init__(
+        self,
+        *,
+        fetcher: Fetcher,
+        limits: DecodeLimits,
+        sink: VerdictSink,
+        store: ObjectStore,
+        model: ServingModel,
+        next_model: Callable[[], ServingModel | None],
+        uncertain_band: float,
+        metrics: ScorerMetrics,
+        persist_inline: bool = True,
+        decode_workers: int = 2,
+    ) -> None:
+        self.fetcher = fetcher
+        self.limits = limits
+        self.sink = sink
+        self.store = store
+        self.model = model
+        self.next_model = next_model
+        self.band = uncertain_band
+        self.metrics = metrics
+        self.persist_inline = persist_inline
+        # PIL releases the GIL while decoding, so a small pool overlaps decodes on a multi-core host.
+        self._decode_pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode")
+        self._show_model()
+
+    def close(self) -> None:
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _show_model(self) -> None:
+        self.metrics.model_info.clear()
+        self.metrics.model_info.labels(self.model.version, self.model.meta.arch).set(1)
+
+    def _maybe_swap(self) -> None:
+        new = self.next_model()
+        if new is not None and new.version != self.model.version:
+            logger.info("switching model %s -> %s between batches", self.model.version, new.version)
+            self.model = new
+            self._show_model()
+
+    def __call__(self, batch: Batch) -> None:
+        self._maybe_swap()
+        model = self.model  # one model per batch: every verdict of the batch names this version
+        t0 = time.monotonic()
+        items = self._parse(batch)
+        self._fetch(batch, items)
+        t1 = time.monotonic()
+        items = self._decode(batch, items, model.input_size)
+        t2 = time.monotonic()
+        if not items:
+            return
+        p_fake = model.predict(np.stack([it.array for it in items if it.array is not None]))
+        t3 = time.monotonic()
+        self._persist_inline(items)
+        scored_at = utcnow()
+        timings = {"fetch": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3, "infer": (t3 - t2) * 1e3}
+        verdicts = [
+            Verdict(
+                image_id=it.msg.image_id,
+                model_version=model.version,
+                p_fake=float(p),
+                label=label_for(float(p), model.meta.threshold, self.band),
+                threshold=model.meta.threshold,
+                original_size=it.size,
+                original_format=it.fmt,
+                submitted_at=it.msg.submitted_at,
+                scored_at=scored_at,
+                timings_ms={k: round(v, 3) for k, v in timings.items()},
+            )
+            for it, p in zip(items, p_fake, strict=True)
+        ]
+        self.sink.write([self._image_row(it) for it in items], verdicts)
+        t4 = time.monotonic()
+        for it, v in zip(items, verdicts, strict=True):
+            batch.produce(IMAGES_VERDICTS, it.record.key or v.image_id.encode(), encode(v))
+        self._observe(verdicts, {**timings, "write": (t4 - t3) * 1e3})
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def _parse(self, batch: Batch) -> list[_Item]:
+        items = []
+        for r in batch.records:
+            try:
+                items.append(_Item(r, decode(ImageSubmitted, r.value)))
+            except InvalidMessage as e:
+                batch.fail(r, e)
+        return items
+
+    def _fetch(self, batch: Batch, items: list[_Item]) -> None:
+        results = self.fetcher.fetch_many([it.msg for it in items])
+        for it, res in zip(items, results, strict=True):
+            if isinstance(res, bytes):
+                it.data = res
+            elif is_transient(res):
+                raise res  # the store is down: retry the whole batch, commit nothing
+            else:
+                batch.fail(it.record, res)
+
+    def _decode(self, batch: Batch, items: list[_Item], size: int) -> list[_Item]:
+        live = [it for it in items if it.data]
+        results = list(self._decode_pool.map(lambda it: self._decode_one(it, size), live))
+        ok = []
+        for it, err in zip(live, results, strict=True):
+            if err is None:
+                ok.append(it)
+            else:
+                batch.fail(it.record, err)
+        return ok
+
+    def _decode_one(self, it: _Item, size: int) -> PermanentError | None:
+        try:
+            decoded = decode_image(it.data, self.limits, target_size=size)
+            it.array = to_rgb_array(decoded, size)
+            it.size, it.fmt = decoded.size, decoded.format
+            return None
+        except PermanentError as e:
+            return e
+
+    def _persist_inline(self, items: list[_Item]) -> None:
+        """Inline images are stored under their hash so the explainer and reviewers can see them later."""
+        if not self.persist_inline:
+            return
+        for it in items:
+            if it.msg.inline is not None:
+                self.store.put("images", hashlib.sha256(it.data).hexdigest(), it.data)
+
+    def _image_row(self, it: _Item) -> ImageRow:
+        digest = hashlib.sha256(it.data).hexdigest()
+        ref = it.msg.ref or (f"s3://images/{digest}" if self.persist_inline else None)
+        return ImageRow(
+            it.msg.image_id, ref, digest, it.msg.source, it.msg.submitted_at, dict(it.msg.metadata)
+        )
+
+    def _observe(self, verdicts: list[Verdict], timings_ms: dict[str, float]) -> None:
+        m = self.metrics
+        for stage, ms in timings_ms.items():
+            m.stage_seconds.labels(stage).observe(ms / 1e3)
+        now = utcnow()
+        for v in verdicts:
+            m.verdicts.labels(v.label, v.model_version).inc()
+            m.e2e_seconds.observe(max(0.0, (now - v.submitted_at).total_seconds()))

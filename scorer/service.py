@@ -1,0 +1,147 @@
+"""``python -m scorer run``: a consumer-group member that turns image references into verdicts."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+from collections.abc import Callable
+
+import torch
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from ingest.decode import DecodeLimits
+from ingest.fetch import Fetcher, FetchSettings
+from ingest.loop import RunStats
+from ingest.metrics import new_registry
+from ingest.service import build_service
+from ingest.settings import ServiceSettings, StackSettings, describe, load
+from ingest.storage import S3Store
+from ingest.topics import IMAGES_SUBMITTED, MODELS_PUBLISHED
+from scorer.engine import ServingModel
+from scorer.handler import ScoreHandler, ScorerMetrics
+from scorer.hotswap import ModelWatcher
+from scorer.sink import PostgresVerdictSink
+
+logger = logging.getLogger(__name__)
+
+
+class ScorerSettings(ServiceSettings):
+    """``CIFAKE_SCORER_*``; nested groups use ``__`` (e.g. ``CIFAKE_SCORER_FETCH__HTTP_ENABLED=true``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CIFAKE_SCORER_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    group_id: str = "scorer"
+    input_topic: str = IMAGES_SUBMITTED
+    models_topic: str = MODELS_PUBLISHED
+    metrics_port: int | None = 9101
+    weights: str = "default"
+    device: str = "auto"
+    threads: int | None = Field(default=None, ge=1)
+    max_batch: int = Field(default=256, ge=1, le=4096)
+    max_wait_ms: int = Field(default=50, ge=0)
+    # Verdicts within this distance of the model's threshold are labelled "uncertain".
+    uncertain_band: float = Field(default=0.1, ge=0.0, le=0.5)
+    persist_inline: bool = True
+    follow_models: bool = True
+    decode_workers: int = Field(default=2, ge=1)
+    fetch: FetchSettings = FetchSettings()
+    limits: DecodeLimits = DecodeLimits()
+
+
+def run_scorer(
+    stack: StackSettings,
+    settings: ScorerSettings,
+    max_records: int | None = None,
+    idle_timeout: float | None = None,
+) -> RunStats:
+    logger.info("scorer settings: %s", describe(settings))
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    store = S3Store(stack.s3)
+    model = ServingModel.load(settings.weights, settings.device)
+    registry = new_registry()
+    with contextlib.ExitStack() as resources:
+        fetcher = Fetcher(store, settings.fetch)
+        resources.callback(fetcher.close)
+        sink = PostgresVerdictSink(stack.pg)
+        resources.callback(sink.close)
+        watcher = None
+        if settings.follow_models:
+            watcher = ModelWatcher(
+                stack.kafka,
+                store,
+                settings.device,
+                registry,
+                topic=settings.models_topic,
+                current_version=lambda: handler.model.version,
+            )
+        handler = ScoreHandler(
+            fetcher=fetcher,
+            limits=settings.limits,
+            sink=sink,
+            store=store,
+            model=model,
+            next_model=watcher.take if watcher is not None else lambda: None,
+            uncertain_band=settings.uncertain_band,
+            metrics=ScorerMetrics.create(registry),
+            persist_inline=settings.persist_inline,
+            decode_workers=settings.decode_workers,
+        )
+        resources.callback(handler.close)
+        service = build_service(
+            "scorer",
+            [settings.input_topic],
+            handler,
+            stack,
+            settings,
+            max_batch=settings.max_batch,
+            max_wait_ms=settings.max_wait_ms,
+            registry=registry,
+        )
+        if watcher is not None:
+            watcher.start()
+            resources.callback(watcher.stop)
+        return service.loop.run(max_records=max_records, idle_timeout=idle_timeout)
+
+
+def add_run_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> Callable[[argparse.Namespace], int]:
+    p = sub.add_parser("run", help="consume images.submitted and write verdicts (a consumer-group member)")
+    p.add_argument("--weights", help="weights file or 'default' (overrides CIFAKE_SCORER_WEIGHTS)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--metrics-port", type=int, help="0 picks a free port")
+    p.add_argument("--group", help="consumer group id (default: scorer)")
+    p.add_argument("--topic", help="input topic (default: images.submitted)")
+    p.add_argument("--max-batch", type=int, help="records per micro-batch (default 256)")
+    p.add_argument("--max-records", type=int, help="stop after this many records (tests, benchmarks)")
+    p.add_argument("--idle-timeout", type=float, help="stop after this many seconds without records")
+
+    def run(args: argparse.Namespace) -> int:
+        overrides = {
+            k: v
+            for k, v in {
+                "weights": args.weights,
+                "device": args.device,
+                "metrics_port": args.metrics_port,
+                "group_id": args.group,
+                "input_topic": args.topic,
+                "max_batch": args.max_batch,
+            }.items()
+            if v is not None
+        }
+        stats = run_scorer(
+            load(StackSettings), load(ScorerSettings, **overrides), args.max_records, args.idle_timeout
+        )
+        print(
+            f'{{"stopped_by": "{stats.stopped_by}", "processed": {stats.processed}, '
+            f'"dead_lettered": {stats.dead_lettered}}}',
+            flush=True,
+        )
+        return 0
+
+    return run
