@@ -10,8 +10,8 @@ Phases, all in one run on the same machine (last stdout line is one JSON object)
 5. fixed-rate load (``--rate``, default half of phase 2's throughput) for ``--duration`` seconds
    against a warm scorer; latency is submit time -> the verdict message arriving on images.verdicts.
 
-Images are uploaded once to the ``images`` bucket; each phase publishes references under fresh image ids,
-so every phase writes its own verdict rows. The bench uses its own topics; its verdicts are real rows.
+Images are uploaded once to the ``images`` bucket; each phase publishes references under fresh image ids
+on a topic of its own (2 partitions), so no phase re-reads another's records. Its verdicts are real rows.
 """
 
 from __future__ import annotations
@@ -91,22 +91,26 @@ class Bench:
         self.stack = stack
         self.args = args
         self.run_id = uuid.uuid4().hex[:8]
-        self.topic = f"bench.{self.run_id}.submitted"
+        self.topic = ""
+        self.topics: list[str] = []
         self.producer = make_producer(stack.kafka, linger_ms=20)
 
-    def create_topic(self) -> None:
+    def new_topic(self, phase: str) -> None:
+        """Switch to a fresh 2-partition topic (and its .dlq) for ``phase``."""
+        self.topic = f"bench.{self.run_id}.{phase}"
         admin = make_admin(self.stack.kafka)
         try:
             admin.create_topics([NewTopic(self.topic, 2, 1), NewTopic(self.topic + ".dlq", 1, 1)])
         finally:
             admin.close()
+        self.topics += [self.topic, self.topic + ".dlq"]
 
-    def delete_topic(self) -> None:
+    def delete_topics(self) -> None:
         admin = make_admin(self.stack.kafka)
         try:
-            admin.delete_topics([self.topic, self.topic + ".dlq"])
+            admin.delete_topics(self.topics)
         except Exception as e:  # leftover bench topics are harmless
-            logger.warning("could not delete %s: %s", self.topic, e)
+            logger.warning("could not delete the bench topics: %s", e)
         finally:
             admin.close()
 
@@ -171,10 +175,14 @@ class Bench:
         return int(n), lo, hi, int(first)
 
     def backlog(self, phase: str, keys: list[str], n: int, scorers: int, max_batch: int) -> dict[str, Any]:
-        self.publish(phase, keys, n)
+        self.new_topic(phase)
         group = f"bench-{self.run_id}-{phase}"
         threads = 1 if scorers > 1 else None  # two processes on two cores: one thread each
         procs = [self.start_scorer(group, max_batch, threads) for _ in range(scorers)]
+        if scorers > 1:
+            # Wait until every scorer has joined, or the first would drain the backlog alone.
+            self._wait_for(lambda: self._stable_members(group) >= scorers, 120, f"{scorers} group members")
+        self.publish(phase, keys, n)
         deadline = time.monotonic() + self.args.timeout
         pause = threading.Event()
         try:
@@ -191,6 +199,14 @@ class Bench:
         rate = (n_rows - first) / span if span > 0 else float("nan")
         return {"images_per_s": rate, "split": split}
 
+    def _stable_members(self, group: str) -> int:
+        admin = make_admin(self.stack.kafka)
+        try:
+            info = admin.describe_groups([group]).get(group) or {}
+        finally:
+            admin.close()
+        return len(info.get("members") or []) if info.get("group_state") == "Stable" else 0
+
     @staticmethod
     def stop(procs: list[subprocess.Popen[str]]) -> list[int]:
         counts = []
@@ -205,6 +221,7 @@ class Bench:
 
     def latency(self, keys: list[str], rate: float, duration: float) -> dict[str, Any]:
         """Offer ``rate`` images/s to a warm scorer; latency = submit -> verdict message received."""
+        self.new_topic("L")
         consumer = KafkaConsumer(**self.stack.kafka.client_kwargs(), enable_auto_commit=False)
         tps = [
             TopicPartition(IMAGES_VERDICTS, p)
@@ -292,7 +309,6 @@ def run_bench(args: argparse.Namespace) -> int:
     logger.info("uploaded %s", described)
     raw = raw_model(args.weights, args.device)
     bench = Bench(stack, args)
-    bench.create_topic()
     try:
         one = bench.backlog("A", keys, args.n, scorers=1, max_batch=256)
         logger.info("one scorer: %.0f images/s", one["images_per_s"])
@@ -302,7 +318,7 @@ def run_bench(args: argparse.Namespace) -> int:
         rate = args.rate or max(1.0, 0.5 * one["images_per_s"])
         lat = bench.latency(keys, rate, args.duration)
     finally:
-        bench.delete_topic()
+        bench.delete_topics()
     result = {
         "images_per_s": round(one["images_per_s"], 1),
         **{k: round(v, 1) if isinstance(v, float) else v for k, v in lat.items()},

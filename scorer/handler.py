@@ -70,7 +70,7 @@ class ScorerMetrics:
 class _Item:
     record: Record
     msg: ImageSubmitted
-    data: bytes = b""
+    data: bytes | None = None  # None until fetched; b"" is a fetched empty object (dead-lettered)
     array: np.ndarray | None = None
     size: tuple[int, int] | None = None
     fmt: str | None = None
@@ -127,6 +127,7 @@ class ScoreHandler:
         t1 = time.monotonic()
         items = self._decode(batch, items, model.input_size)
         t2 = time.monotonic()
+        self._account(batch, items)
         if not items:
             return
         p_fake = model.predict(np.stack([it.array for it in items if it.array is not None]))
@@ -157,6 +158,16 @@ class ScoreHandler:
 
     # -- steps ------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _account(batch: Batch, items: list[_Item]) -> None:
+        """Every record must end as a verdict or a dead letter; a record that is neither is a bug
+        in this handler, and it is dead-lettered rather than silently committed."""
+        scored = {(it.record.topic, it.record.partition, it.record.offset) for it in items}
+        for r in list(batch.pending()):
+            if (r.topic, r.partition, r.offset) not in scored:
+                logger.error("record %s was neither scored nor failed; dead-lettering it", r.where)
+                batch.fail(r, PermanentError("internal: record was neither scored nor failed", "unaccounted"))
+
     def _parse(self, batch: Batch) -> list[_Item]:
         items = []
         for r in batch.records:
@@ -177,7 +188,7 @@ class ScoreHandler:
                 batch.fail(it.record, res)
 
     def _decode(self, batch: Batch, items: list[_Item], size: int) -> list[_Item]:
-        live = [it for it in items if it.data]
+        live = [it for it in items if it.data is not None]
         results = list(self._decode_pool.map(lambda it: self._decode_one(it, size), live))
         ok = []
         for it, err in zip(live, results, strict=True):
@@ -188,6 +199,7 @@ class ScoreHandler:
         return ok
 
     def _decode_one(self, it: _Item, size: int) -> PermanentError | None:
+        assert it.data is not None
         try:
             decoded = decode_image(it.data, self.limits, target_size=size)
             it.array = to_rgb_array(decoded, size)
@@ -201,11 +213,11 @@ class ScoreHandler:
         if not self.persist_inline:
             return
         for it in items:
-            if it.msg.inline is not None:
+            if it.msg.inline is not None and it.data is not None:
                 self.store.put("images", hashlib.sha256(it.data).hexdigest(), it.data)
 
     def _image_row(self, it: _Item) -> ImageRow:
-        digest = hashlib.sha256(it.data).hexdigest()
+        digest = hashlib.sha256(it.data or b"").hexdigest()
         ref = it.msg.ref or (f"s3://images/{digest}" if self.persist_inline else None)
         return ImageRow(
             it.msg.image_id, ref, digest, it.msg.source, it.msg.submitted_at, dict(it.msg.metadata)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 import uuid
 import zipfile
 from pathlib import Path
@@ -198,3 +200,47 @@ def test_offline_score_on_folder_and_zip_matches_streaming(
             assert row["image_id"] == keys[i]
             assert row["p_fake"] == pytest.approx(streamed[ids[i]], abs=1e-5)
             assert row["original_size"] == [40 + i, 30]
+
+
+def test_metrics_endpoint_exposes_the_scorer_series(
+    stack: StackSettings, topic: str, group: str, weights_v1: Path
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    keys = upload_images(stack, [jpeg(7000 + i) for i in range(5)] + [b"not an image"])
+    ids = [f"m-{uuid.uuid4().hex[:8]}-{i}" for i in range(6)]
+    submit_refs(stack, topic, ids, keys)
+    env = {**os.environ, "CIFAKE_SCORER_FOLLOW_MODELS": "false"}
+    cmd = [sys.executable, "-m", "scorer", "run", "--topic", topic, "--group", group]
+    cmd += ["--weights", str(weights_v1), "--metrics-port", str(port), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def scrape() -> str:
+        try:
+            return urllib.request.urlopen(url, timeout=2).read().decode()
+        except OSError:
+            return ""
+
+    try:
+        wait_until(
+            lambda: 'scorer_dead_letters_total{reason="not_an_image"' in scrape(), 120, "the dead letter"
+        )
+        wait_until(lambda: "scorer_verdicts_total{" in scrape(), 30, "verdict counters")
+        body = scrape()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    version = ServingModel.load(weights_v1, "cpu").version
+    for series in (
+        f'scorer_records_total{{outcome="processed",topic="{topic}"}} 5.0',
+        f'scorer_model_info{{arch="baseline",version="{version}"}} 1.0',
+        "scorer_batch_size_records_bucket",
+        'scorer_stage_seconds_count{stage="infer"}',
+        "scorer_end_to_end_latency_seconds_bucket",
+        "scorer_consumer_lag_records{",
+        "scorer_batch_duration_seconds_count",
+    ):
+        assert series in body, series
+    assert proc.returncode == 0
