@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import signal
@@ -156,9 +157,12 @@ def test_hot_swap_mid_stream_and_bad_announcements_keep_the_old_model(
 
         announce(v2, f"tests/{v2}.safetensors", hashlib.sha256(v2_bytes).hexdigest())
         # Trickle records until the swap shows, then the rest: the swap happens between two batches.
+        def all_scored(some: list[str]) -> bool:
+            return len(verdict_rows(stack, some)) == len(some)
+
         for i in range(60, total, 5):
             submit_refs(stack, topic, ids[i : i + 5], keys[i : i + 5])
-            wait_until(lambda i=i: len(verdict_rows(stack, ids[: i + 5])) == i + 5, 90, "trickled verdicts")
+            wait_until(functools.partial(all_scored, ids[: i + 5]), 90, "trickled verdicts")
         scorer.join()
     finally:
         delete_topics(stack, [models_topic])
