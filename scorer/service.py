@@ -42,7 +42,7 @@ class ScorerSettings(ServiceSettings):
     device: str = "auto"
     threads: int | None = Field(default=None, ge=1)
     max_batch: int = Field(default=256, ge=1, le=4096)
-    max_wait_ms: int = Field(default=50, ge=0)
+    max_wait_ms: int = Field(default=20, ge=0)
     # Verdicts within this distance of the model's threshold are labelled "uncertain".
     uncertain_band: float = Field(default=0.1, ge=0.0, le=0.5)
     persist_inline: bool = True
