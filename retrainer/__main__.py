@@ -35,7 +35,12 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--time-budget", type=float, default=None, help="seconds; the LR schedule follows the clock"
     )
     p.add_argument("--patience", type=int, default=0, help="early stop after N epochs without improvement")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads; 0 = switch between 1 and all cores by speed",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     p.add_argument("--init", default=None, help="start from these weights (fine-tuning); sets parent_version")

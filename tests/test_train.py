@@ -32,7 +32,7 @@ def _cfg(data: Path, out: Path, **kw: object) -> TrainConfig:
         val_fraction=0.25,
         jpeg_p=0.5,
         progress=False,
-        threads=1,
+        threads=0,
     )
     base.update(kw)
     return TrainConfig(**base)  # type: ignore[arg-type]
