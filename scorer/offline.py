@@ -60,16 +60,26 @@ def iter_sources(paths: Sequence[str | Path], limits: DecodeLimits) -> Iterator[
             raise FileNotFoundError(f"no such file, folder or zip: {p}")
 
 
+BatchHook = Callable[[np.ndarray, list[dict[str, Any]]], None]
+
+
 def score_sources(
-    sources: Iterator[Source], model: ServingModel, limits: DecodeLimits, band: float, batch_size: int = 256
+    sources: Iterator[Source],
+    model: ServingModel,
+    limits: DecodeLimits,
+    band: float,
+    batch_size: int = 256,
+    on_batch: BatchHook | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """One result dict per source, in input order."""
+    """One result dict per source, in input order. ``on_batch`` sees each scored batch (uint8 NHWC arrays
+    and their rows, before they are yielded) and may add fields to the rows."""
     pending: list[tuple[Source, dict[str, Any], np.ndarray]] = []
 
     def flush() -> Iterator[dict[str, Any]]:
         if not pending:
             return
-        p_fake = model.predict(np.stack([a for _, _, a in pending]))
+        arrays = np.stack([a for _, _, a in pending])
+        p_fake = model.predict(arrays)
         for (_src, row, _arr), p in zip(pending, p_fake, strict=True):
             row.update(
                 p_fake=round(float(p), 6),
@@ -77,6 +87,9 @@ def score_sources(
                 threshold=model.meta.threshold,
                 model_version=model.version,
             )
+        if on_batch is not None:
+            on_batch(arrays, [row for _, row, _ in pending])
+        for _src, row, _arr in pending:
             yield row
         pending.clear()
 
@@ -112,9 +125,15 @@ def run_score(args: argparse.Namespace) -> int:
     model = ServingModel.load(args.weights, args.device)
     out: IO[str] = open(args.out, "w") if args.out else sys.stdout  # noqa: SIM115 - closed below
     counts: Counter[str] = Counter()
+    on_batch: BatchHook | None = None
+    if args.explain:
+        # Lazy: the explainer depends on the scorer, never the other way round at import time.
+        from explainer.offline import FolderExplainer
+
+        on_batch = FolderExplainer(model, args.explain)
     try:
         results = score_sources(
-            iter_sources(args.paths, limits), model, limits, args.uncertain_band, args.batch
+            iter_sources(args.paths, limits), model, limits, args.uncertain_band, args.batch, on_batch
         )
         for row in tqdm(results, desc="scoring", unit="img", file=sys.stderr, disable=args.quiet):
             counts[row.get("label") or f"error:{row['error']}"] += 1
@@ -142,4 +161,9 @@ def add_score_command(
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--uncertain-band", type=float, default=0.1)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="also write a Grad-CAM map, overlay and sidecar per scored image under DIR (bucket layout)",
+    )
     return run_score
