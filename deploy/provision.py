@@ -29,18 +29,12 @@ from kafka.errors import TopicAlreadyExistsError
 from minio import Minio
 from psycopg2 import sql
 
+from ingest.topics import ALL_TOPICS, MODELS_PUBLISHED, dlq_topic
+
 logger = logging.getLogger(__name__)
 
-TOPICS: tuple[str, ...] = (
-    "images.submitted",
-    "images.verdicts",
-    "images.explanations",
-    "moderation.feedback",
-    "models.published",
-)
 # Registry announcements must stay totally ordered, so that topic (and its DLQ) has exactly one partition.
-SINGLE_PARTITION_TOPICS: frozenset[str] = frozenset({"models.published"})
-DLQ_SUFFIX = ".dlq"
+SINGLE_PARTITION_TOPICS: frozenset[str] = frozenset({MODELS_PUBLISHED})
 BUCKETS: tuple[str, ...] = ("images", "explanations", "models")
 DEFAULT_PARTITIONS = 6
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -120,10 +114,10 @@ def topic_plan(partitions: int) -> dict[str, int]:
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
     plan: dict[str, int] = {}
-    for topic in TOPICS:
+    for topic in ALL_TOPICS:
         count = 1 if topic in SINGLE_PARTITION_TOPICS else partitions
         plan[topic] = count
-        plan[topic + DLQ_SUFFIX] = count
+        plan[dlq_topic(topic)] = count
     return plan
 
 
