@@ -7,6 +7,7 @@ STACK := deploy/stack
 
 setup:
 	deploy/setup-python
+	deploy/setup-browser
 	$(STACK) install
 
 stack-up: setup
@@ -22,6 +23,7 @@ DEMO_DATA ?= $(wildcard ../shared/datasets/cifake-train.zip)
 demo: stack-up
 	$(PY) -m ingest smoke
 	$(PY) -m scorer demo $(if $(DEMO_DATA),--data $(DEMO_DATA))
+	$(PY) -m ingest demo-console
 
 # Lint first (seconds), then the whole suite against the real stack.
 test: stack-up lint
