@@ -1,4 +1,5 @@
-"""``python -m retrainer {train,evaluate,sweep}``: entry point; the only place logging handlers are set."""
+"""``python -m retrainer {train,evaluate,sweep,models,run,worker,retrain-now}``: entry point; the only place
+logging handlers are set."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import logging
 import sys
 
+from retrainer.cli import SERVICE_COMMANDS, add_service_commands, run_service_command
 from scorer.models import list_models
 
 
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_evaluate(sub)
+    add_service_commands(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -129,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         keys = ("accuracy", "auroc", "ece", "accuracy_dedup")
         print(json.dumps({k: report[k] for k in keys} | {"out": args.out}))
         return 0
+    if args.command in SERVICE_COMMANDS:
+        return run_service_command(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
