@@ -59,3 +59,18 @@ def models_topic(stack: StackSettings) -> Iterator[str]:
         yield name
     finally:
         delete_topics(stack, [name])
+
+
+def insert_images(stack: StackSettings, ids: list[str], refs: list[str] | None = None) -> None:
+    """``images`` rows (the feedback consumer only accepts labels for images it knows)."""
+    conn = psycopg2.connect(stack.pg.dsn.get_secret_value())
+    try:
+        with conn, conn.cursor() as cur:
+            for i, image_id in enumerate(ids):
+                cur.execute(
+                    "INSERT INTO images (id, ref, source, submitted_at) VALUES (%s, %s, 'test', now())"
+                    " ON CONFLICT (id) DO NOTHING",
+                    (image_id, refs[i] if refs else None),
+                )
+    finally:
+        conn.close()

@@ -1,0 +1,148 @@
+"""Feedback consumer: ``moderation.feedback`` -> PostgreSQL ``feedback`` (one row per moderator per image).
+
+Per batch: parse every record (malformed -> DLQ ``invalid_message``, a label other than real/fake ->
+``unknown_label``), look the images up in one query (unknown image -> ``unknown_image``), then upsert the
+valid labels in one transaction. A moderator's later label wins: the upsert only replaces a row whose
+``labelled_at`` is older than the incoming one, so a replayed or out-of-order record changes nothing. The
+training label is the majority across moderators (view ``feedback_majority``; ties are left out and counted
+by ``majority_labels``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import psycopg2.extras
+from prometheus_client import CollectorRegistry, Counter
+
+from ingest.contracts import Feedback, decode
+from ingest.db import connect
+from ingest.errors import InvalidMessage, PermanentError
+from ingest.loop import Batch, Record
+from ingest.settings import PostgresSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FeedbackMetrics:
+    feedback: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> FeedbackMetrics:
+        return cls(
+            Counter(
+                "retrainer_feedback_total",
+                "Feedback messages by outcome: stored (new or newer label), stale (older or replayed), "
+                "invalid (dead-lettered)",
+                ["outcome"],
+                registry=registry,
+            )
+        )
+
+
+def parse_feedback(record: Record) -> Feedback:
+    """The record as ``Feedback``; ``PermanentError`` with code ``invalid_message`` or ``unknown_label``."""
+    try:
+        return decode(Feedback, record.value)
+    except InvalidMessage as e:
+        try:
+            raw = json.loads(record.value or b"")
+        except ValueError:
+            raise e from None
+        if isinstance(raw, dict) and "label" in raw and raw["label"] not in ("real", "fake"):
+            raise PermanentError(
+                f"unknown label {str(raw['label'])[:40]!r}: expected 'real' or 'fake'", "unknown_label"
+            ) from None
+        raise
+
+
+class FeedbackHandler:
+    """Consumer-loop handler; results are committed in PostgreSQL before the loop commits offsets."""
+
+    def __init__(self, pg: PostgresSettings, metrics: FeedbackMetrics | None = None) -> None:
+        self.pg = pg
+        self.metrics = metrics
+        self._conn = connect(pg)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _connection(self) -> psycopg2.extensions.connection:
+        if self._conn.closed:
+            self._conn = connect(self.pg)
+        return self._conn
+
+    def __call__(self, batch: Batch) -> None:
+        parsed: list[tuple[Record, Feedback]] = []
+        for r in batch.records:
+            try:
+                parsed.append((r, parse_feedback(r)))
+            except PermanentError as e:
+                logger.info("dead-lettering %s: %s", r.where, e.reason)
+                batch.fail(r, e)
+        conn = self._connection()
+        try:
+            with conn, conn.cursor() as cur:
+                ids = sorted({f.image_id for _, f in parsed})
+                cur.execute("SELECT id FROM images WHERE id = ANY(%s)", (ids,))
+                known = {row[0] for row in cur.fetchall()}
+                # One row per (image, moderator) per statement: the newest label of the batch (the first
+                # one on equal timestamps, as sequential upserts would keep it).
+                latest: dict[tuple[str, str], Feedback] = {}
+                for r, f in parsed:
+                    if f.image_id not in known:
+                        logger.info("dead-lettering %s: unknown image %s", r.where, f.image_id)
+                        batch.fail(r, PermanentError(f"unknown image {f.image_id}", "unknown_image"))
+                        continue
+                    k = (f.image_id, f.moderator)
+                    if k not in latest or f.labelled_at > latest[k].labelled_at:
+                        latest[k] = f
+                stored = 0
+                if latest:
+                    rows = psycopg2.extras.execute_values(
+                        cur,
+                        "INSERT INTO feedback (image_id, moderator, label, note, labelled_at) VALUES %s"
+                        " ON CONFLICT (image_id, moderator) DO UPDATE SET label = EXCLUDED.label,"
+                        " note = EXCLUDED.note, labelled_at = EXCLUDED.labelled_at, received_at = now()"
+                        " WHERE feedback.labelled_at < EXCLUDED.labelled_at RETURNING image_id",
+                        [
+                            (f.image_id, f.moderator, f.label, f.note or "", f.labelled_at)
+                            for f in latest.values()
+                        ],
+                        fetch=True,
+                    )
+                    stored = len(rows)
+        except Exception:
+            conn.rollback()
+            raise
+        if self.metrics:
+            n_valid = len(list(batch.pending()))
+            self.metrics.feedback.labels("stored").inc(stored)
+            self.metrics.feedback.labels("stale").inc(n_valid - stored)
+            self.metrics.feedback.labels("invalid").inc(len(batch.failures))
+
+
+@dataclass(frozen=True)
+class MajorityLabels:
+    labels: dict[str, int]  # image_id -> 0 real / 1 fake
+    ties: int
+    agreement: float | None  # share of multi-moderator images where every moderator agreed
+
+
+def majority_labels(pg: PostgresSettings) -> MajorityLabels:
+    """Training labels: the majority across moderators per image; ties are left out and counted."""
+    conn = connect(pg)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT image_id, n_real, n_fake, label FROM feedback_majority")
+            rows = cur.fetchall()
+    finally:
+        conn.close()
+    labels = {i: int(label == "fake") for i, _r, _f, label in rows if label is not None}
+    ties = sum(1 for row in rows if row[3] is None)
+    multi = [(nr, nf) for _i, nr, nf, _lab in rows if nr + nf > 1]
+    agreement = sum(1 for nr, nf in multi if nr == 0 or nf == 0) / len(multi) if multi else None
+    return MajorityLabels(labels, ties, agreement)
