@@ -143,6 +143,9 @@ def test_label_three_items_with_the_keyboard(
             page.keyboard.press(keypress)
             page.wait_for_url(_leaving(current))
         assert _current_id(page) == ids[EXPECTED_ORDER[3]]
+        page.keyboard.press("s")  # SKIP: no feedback, and the (filtered) queue is empty now
+        page.wait_for_url(f"{base}/review?**")
+        assert "Nothing to review" in page.inner_text("main")
 
         page.goto(f"{base}/review/history")
         history = page.inner_text("#history")

@@ -367,21 +367,27 @@ def _sidecar_numbers(st: AppState, key: str) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
+# Evidence keys that repeat what the page shows already, or describe the rendering rather than the model.
+_NOT_EVIDENCE = frozenset(
+    {"image_id", "model_version", "method", "p_fake", "verdict_p_fake", "overlay", "input_size"}
+)
+
+
 def _flatten(doc: dict[str, Any], prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
-    """Numbers (and short strings) of the evidence, nested keys joined with dots, for the item page."""
+    """The evidence's numbers, nested keys joined with dots, for the item page."""
     out: list[tuple[str, str]] = []
     for k, v in sorted(doc.items()):
+        if depth == 0 and k in _NOT_EVIDENCE:
+            continue
         name = f"{prefix}{k}"
-        if isinstance(v, bool) or v is None:
-            out.append((name, str(v)))
-        elif isinstance(v, float):
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, float):
             out.append((name, f"{v:.4g}"))
         elif isinstance(v, int):
             out.append((name, str(v)))
-        elif isinstance(v, str) and len(v) <= 80:
-            out.append((name, v))
         elif isinstance(v, dict) and depth < 2:
             out.extend(_flatten(v, name + ".", depth + 1))
-        elif isinstance(v, list) and len(v) <= 8 and all(isinstance(x, int | float) for x in v):
+        elif isinstance(v, list) and 0 < len(v) <= 8 and all(isinstance(x, int | float) for x in v):
             out.append((name, ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v)))
-    return out[:40]
+    return out[:24]
