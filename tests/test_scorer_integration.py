@@ -156,6 +156,7 @@ def test_hot_swap_mid_stream_and_bad_announcements_keep_the_old_model(
         wait_until(lambda: len(verdict_rows(stack, ids[:60])) == 60, 90, "verdicts after bad announcements")
 
         announce(v2, f"tests/{v2}.safetensors", hashlib.sha256(v2_bytes).hexdigest())
+
         # Trickle records until the swap shows, then the rest: the swap happens between two batches.
         def all_scored(some: list[str]) -> bool:
             return len(verdict_rows(stack, some)) == len(some)
