@@ -62,6 +62,13 @@ def _add_faithfulness(sub: SubParsers) -> Handler:
     p.add_argument("--n", type=int, default=2000, help="FAKE validation images to use")
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--method", action="append", choices=METHOD_CHOICES, help="repeatable (default gradcam)")
+    p.add_argument("--unit", action="append", type=int, help="deletion unit in px, repeatable (default 4)")
+    p.add_argument(
+        "--baseline",
+        action="append",
+        choices=["rise", "real"],
+        help="what deleted units become / insertion starts from, repeatable (default rise)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/explainer/faithfulness.json")
     p.add_argument("--plot", default="docs/figures/explainer-faithfulness.png")
@@ -71,14 +78,26 @@ def _add_faithfulness(sub: SubParsers) -> Handler:
         from explainer.faithfulness import faithfulness, plot
 
         model = _load(args)
-        ds = sample(load_validation(args.data, model.meta), args.n, args.seed, label=1)
-        report = faithfulness(model, ds.images, args.method or ["gradcam"], args.steps, seed=args.seed)
+        val = load_validation(args.data, model.meta)
+        ds = sample(val, args.n, args.seed, label=1)
+        donors = sample(val, args.n, args.seed + 1, label=0).images
+        report = faithfulness(
+            model,
+            ds.images,
+            args.method or ["gradcam"],
+            args.steps,
+            args.unit or [4],
+            args.baseline or ["rise"],
+            donors=donors,
+            seed=args.seed,
+        )
         report["data"] = Path(args.data).name
         _write_json(args.out, report)
         if args.plot:
             Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
             plot(report, args.plot)
-        print(json.dumps({"out": args.out, "plot": args.plot, "n": report["n"], "areas": report["areas"]}))
+        areas = {c: r["areas"] for c, r in report["by_config"].items()}
+        print(json.dumps({"out": args.out, "plot": args.plot, "n": report["n"], "areas": areas}))
         return 0
 
     return run
@@ -127,12 +146,13 @@ def _add_bench(sub: SubParsers) -> Handler:
     p.add_argument("--method", choices=METHOD_CHOICES, default="gradcam")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--min-time", type=float, default=2.0, help="seconds timed per measurement")
+    p.add_argument("--rounds", type=int, default=3, help="alternating raw/explain rounds (medians reported)")
     p.add_argument("--out", help="also write the JSON here")
 
     def run(args: argparse.Namespace) -> int:
         from explainer.bench import bench
 
-        result = bench(_load(args), args.method, args.batch, args.min_time)
+        result = bench(_load(args), args.method, args.batch, args.min_time, args.rounds)
         if args.out:
             _write_json(args.out, result)
         print(json.dumps(result), flush=True)
@@ -141,7 +161,39 @@ def _add_bench(sub: SubParsers) -> Handler:
     return run
 
 
-COMMANDS: list[Callable[[SubParsers], Handler]] = [_add_run, _add_faithfulness, _add_evidence, _add_bench]
+def _add_gallery(sub: SubParsers) -> Handler:
+    p = sub.add_parser("gallery", help="a README figure: validation images and their stored-style overlays")
+    _common(p)
+    p.add_argument("--data", required=True, help="CIFAKE folder or zip (its validation split is used)")
+    p.add_argument("--method", choices=METHOD_CHOICES, default="gradcam")
+    p.add_argument("--n-fake", type=int, default=6)
+    p.add_argument("--n-real", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="docs/figures/explainer-overlays.png")
+
+    def run(args: argparse.Namespace) -> int:
+        from explainer.data import load_validation
+        from explainer.gallery import gallery
+
+        model = _load(args)
+        ds = load_validation(args.data, model.meta)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        info = gallery(
+            model, ds.images, ds.labels, args.out, args.method, args.n_fake, args.n_real, args.seed
+        )
+        print(json.dumps(info))
+        return 0
+
+    return run
+
+
+COMMANDS: list[Callable[[SubParsers], Handler]] = [
+    _add_run,
+    _add_faithfulness,
+    _add_evidence,
+    _add_bench,
+    _add_gallery,
+]
 
 
 def main(argv: list[str] | None = None) -> int:

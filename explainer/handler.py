@@ -73,7 +73,7 @@ class ExplainerMetrics:
             ),
             stage_seconds=Histogram(
                 f"{app}_stage_seconds",
-                "Wall time per batch and stage (lookup, fetch, decode, explain, render, write)",
+                "Wall time per batch and stage (lookup, fetch, decode, explain, render_store, write)",
                 ["stage"],
                 registry=registry,
             ),
@@ -266,36 +266,54 @@ class ExplainHandler:
         if not items:
             return []
         images = np.stack([it.array for it in items if it.array is not None])
-        rows: list[ExplanationRow] = []
-        writes = []
+        jobs = []
         for method, cam in ex.by_method.items():
             result = cam.explain(images, self.target)
             timer.lap("explain")
             for i, it in enumerate(items):
-                v = it.verdict
-                rendered = render(
-                    images[i],
-                    result.maps[i],
-                    method=method,
-                    layer=cam.layer_name,
-                    target=self.target,
-                    model_version=ex.version,
-                    p_fake=float(result.p_fake[i]),
-                    extra={"image_id": v.image_id, "verdict_label": v.label, "verdict_p_fake": v.p_fake},
-                )
-                keys = object_keys(v.image_id, ex.version, method)
-                payloads = {
-                    "map": rendered.map_png,
-                    "overlay": rendered.overlay_png,
-                    "sidecar": rendered.sidecar_bytes,
-                }
-                for kind, data in payloads.items():
-                    writes.append(
-                        self._pool.submit(self.store.put, self.bucket, keys[kind], data, ARTEFACTS[kind][1])
+                # Rendering (PNG encoding releases the GIL) and the three puts run on the I/O pool.
+                jobs.append(
+                    self._pool.submit(
+                        self._store_one,
+                        it.verdict,
+                        ex.version,
+                        method,
+                        cam.layer_name,
+                        images[i],
+                        result.maps[i],
+                        float(result.p_fake[i]),
                     )
-                rows.append(ExplanationRow(v.image_id, ex.version, method, keys, rendered.sidecar))
-            timer.lap("render")
-        for f in writes:
-            f.result()  # re-raises a store failure: transient -> the loop retries the batch
-        timer.lap("store")
+                )
+        rows = [f.result() for f in jobs]  # re-raises a store failure: transient -> the batch is retried
+        timer.lap("render_store")
         return rows
+
+    def _store_one(
+        self,
+        v: Verdict,
+        version: str,
+        method: str,
+        layer: str,
+        image: np.ndarray,
+        m: np.ndarray,
+        p_fake: float,
+    ) -> ExplanationRow:
+        rendered = render(
+            image,
+            m,
+            method=method,
+            layer=layer,
+            target=self.target,
+            model_version=version,
+            p_fake=p_fake,
+            extra={"image_id": v.image_id, "verdict_label": v.label, "verdict_p_fake": v.p_fake},
+        )
+        keys = object_keys(v.image_id, version, method)
+        payloads = {
+            "map": rendered.map_png,
+            "overlay": rendered.overlay_png,
+            "sidecar": rendered.sidecar_bytes,
+        }
+        for kind, data in payloads.items():
+            self.store.put(self.bucket, keys[kind], data, ARTEFACTS[kind][1])
+        return ExplanationRow(v.image_id, version, method, keys, rendered.sidecar)
