@@ -40,11 +40,13 @@ def format_table(records: list[ModelRecord]) -> str:
                 r.parent or "-",
                 r.trigger or "-",
                 r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                *(f"{float(r.metrics[m]):.4f}" if isinstance(r.metrics.get(m), int | float) else "-"
-                  for m in TABLE_METRICS),
+                *(
+                    f"{float(r.metrics[m]):.4f}" if isinstance(r.metrics.get(m), int | float) else "-"
+                    for m in TABLE_METRICS
+                ),
                 r.sha256[:12],
             ]
-        )  # fmt: skip
+        )
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]

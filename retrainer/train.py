@@ -136,6 +136,54 @@ def _ema_update(ema: dict[str, torch.Tensor], model: nn.Module, decay: float) ->
                 ema[k].copy_(v)
 
 
+def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD with Nesterov momentum; no weight decay on BatchNorm parameters and biases.
+
+    Shared with fine-tuning (``retrainer.retrain``), so both train the same way.
+    """
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for p in model.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)  # no weight decay on BN and biases
+    return torch.optim.SGD(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        momentum=momentum,
+        nesterov=True,
+    )
+
+
+def augment_batch(
+    xb: torch.Tensor, jpeg_xb: torch.Tensor | None, jpeg_p: float, shift: int, gen: torch.Generator
+) -> torch.Tensor:
+    """uint8 NHWC batch -> normalised float NCHW batch, augmented as in training: each sample replaced by its
+    JPEG re-encoded copy (``jpeg_xb``, same order) with probability ``jpeg_p``, then flip and translate."""
+    if jpeg_xb is not None:
+        use_jpeg = torch.rand(len(xb), generator=gen) < jpeg_p
+        xb = torch.where(use_jpeg.view(-1, 1, 1, 1), jpeg_xb, xb)
+    return random_flip_translate(normalize_uint8(xb, DEFAULT_MEAN, DEFAULT_STD), shift, gen)
+
+
+def train_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    use_amp: bool = False,
+) -> torch.Tensor:
+    """One optimizer step on a prepared batch (``augment_batch``); returns the (detached-able) loss."""
+    x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format(device))
+    y = y.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        loss: torch.Tensor = loss_fn(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+
 def _evaluate(
     model: nn.Module, val: CifakeSplit, device: torch.device
 ) -> tuple[dict[str, float], np.ndarray]:
@@ -187,16 +235,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     mf = memory_format(device)
     model = model.to(device).to(memory_format=mf)
     logger.info("%s %s: %d parameters on %s", cfg.arch, arch_kwargs, count_params(model), device)
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for p in model.parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)  # no weight decay on BN and biases
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=True,
-    )
+    opt = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     eval_model = copy.deepcopy(model)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -250,18 +289,10 @@ def train(cfg: TrainConfig) -> TrainResult:
             for g in opt.param_groups:
                 g["lr"] = lr
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            xb = images[idx]
-            if bank_t is not None:
-                use_jpeg = torch.rand(len(idx), generator=gen) < cfg.jpeg_p
-                xb = torch.where(use_jpeg.view(-1, 1, 1, 1), bank_t[idx], xb)
-            x = random_flip_translate(normalize_uint8(xb, DEFAULT_MEAN, DEFAULT_STD), cfg.shift, gen)
-            x = x.to(device, non_blocking=True).contiguous(memory_format=mf)
-            y = labels[idx].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            x = augment_batch(
+                images[idx], bank_t[idx] if bank_t is not None else None, cfg.jpeg_p, cfg.shift, gen
+            )
+            loss = train_step(model, opt, loss_fn, x, labels[idx], device, use_amp)
             state["step"] += 1
             if cfg.ema > 0:
                 _ema_update(ema, model, min(cfg.ema, (1 + state["step"]) / (10 + state["step"])))

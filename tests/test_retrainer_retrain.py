@@ -1,0 +1,141 @@
+"""Retraining on the real stack with a tiny budget: the gate accepts or rejects by its rule, triggers, and a
+stopped run publishes nothing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from ingest.settings import StackSettings
+from ingest.storage import S3Store
+from retrainer.registry import Announcer, ModelRegistry
+from retrainer.retrain import Abandoned, gate, in_holdout
+from retrainer.settings import GateSettings, RetrainerSettings, TrainBudget
+from retrainer.synthetic import make_synthetic_cifake
+from retrainer.worker import RetrainWorker
+from tests.retrainer_helpers import insert_images, isolated_schema, models_topic
+from tests.scorer_helpers import make_weights, upload_images
+from tests.test_retrainer_registry import announcements
+
+pytestmark = pytest.mark.integration
+
+BUDGET = TrainBudget(steps=30, batch_size=32, replay=120, base_val_max=80, holdout_fraction=0.3, threads=1)
+
+
+@pytest.fixture
+def iso(stack: StackSettings) -> Iterator[StackSettings]:
+    with isolated_schema(stack) as s:
+        yield s
+
+
+@pytest.fixture
+def mtopic(stack: StackSettings) -> Iterator[str]:
+    with models_topic(stack) as t:
+        yield t
+
+
+def label_feedback(stack: StackSettings, root: Path, moderator: str = "m1") -> list[str]:
+    """Upload a synthetic CIFAKE folder's images, register them in `images`, label them by their folder."""
+    files = sorted((root / "train").rglob("*.jpg"))
+    keys = upload_images(stack, [f.read_bytes() for f in files])
+    insert_images(stack, keys, [f"s3://images/{k}" for k in keys])
+    conn = psycopg2.connect(stack.pg.dsn.get_secret_value())
+    try:
+        with conn, conn.cursor() as cur:
+            for f, k in zip(files, keys, strict=True):
+                cur.execute(
+                    "INSERT INTO feedback (image_id, moderator, label, labelled_at)"
+                    " VALUES (%s, %s, %s, now()) ON CONFLICT DO NOTHING",
+                    (k, moderator, "fake" if f.parent.name == "FAKE" else "real"),
+                )
+    finally:
+        conn.close()
+    return keys
+
+
+def settings_for(base: Path, topic: str, prefix: str, gate_settings: GateSettings) -> RetrainerSettings:
+    return RetrainerSettings(
+        base_data=str(base),
+        models_topic=topic,
+        model_key_prefix=prefix,
+        metrics_port=None,
+        worker_metrics_port=None,
+        gate=gate_settings,
+        budget=BUDGET,
+        trigger_labels=10,
+        trigger_interval_s=0,
+    )
+
+
+def test_gate_rule() -> None:
+    g = GateSettings(delta=0.02, epsilon=0.01, min_holdout=10)
+    ok = {"n_holdout": 50, "holdout_gain": 0.05, "base_val_drop": 0.005}
+    assert gate(ok, g)[0]
+    assert not gate(ok | {"holdout_gain": 0.01}, g)[0]
+    assert "epsilon" in gate(ok | {"base_val_drop": 0.02}, g)[1][0]
+    assert "min_holdout" in gate(ok | {"n_holdout": 3}, g)[1][0]
+    assert not gate(ok | {"holdout_gain": None}, g)[0]
+
+
+def test_holdout_split_is_stable_per_image() -> None:
+    ids = [f"img-{i}" for i in range(2000)]
+    first = [in_holdout(i, 0.2, 0) for i in ids]
+    assert first == [in_holdout(i, 0.2, 0) for i in ids]
+    assert 0.15 < sum(first) / len(ids) < 0.25
+
+
+def test_retrain_gate_accepts_and_rejects_by_the_rule(
+    iso: StackSettings, mtopic: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIFAKE_CACHE_DIR", str(tmp_path / "cache"))
+    base = make_synthetic_cifake(tmp_path / "base", n_per_class=100, seed=0)
+    label_feedback(iso, make_synthetic_cifake(tmp_path / "fb", n_per_class=60, seed=7))
+    prefix = f"test-{uuid.uuid4().hex[:8]}/"
+    registry = ModelRegistry(iso, S3Store(iso.s3), Announcer(iso, mtopic), key_prefix=prefix)
+    champ_path = make_weights(tmp_path / "champ.safetensors", "champ", seed=3)
+    registry.publish(
+        champ_path.read_bytes(),
+        version="champ",
+        parent=None,
+        status="champion",
+        trigger="initial",
+        metrics={},
+        data_info={},
+    )
+
+    accept = GateSettings(delta=-1.0, epsilon=1.0, min_holdout=5)
+    worker = RetrainWorker(iso, settings_for(base, mtopic, prefix, accept), registry)
+    assert worker.due() == "feedback_count"  # 120 labels >= 10
+    out = worker.run_once("manual")
+    assert out.record is not None and out.accepted
+    m = out.record.metrics
+    assert m["steps"] == BUDGET.steps and m["n_holdout"] >= 5 and m["n_feedback_train"] > 0
+    assert m["holdout_gain"] >= accept.delta and m["base_val_drop"] <= accept.epsilon
+    assert out.record.status == "champion" and out.record.parent == "champ"
+    assert out.record.data["feedback"]["labels"] == 120 and out.record.data["feedback"]["unavailable"] == 0
+    champion = registry.champion()
+    assert champion is not None and champion.version == out.record.version
+    assert [a.version for a in announcements(iso, mtopic, 2)] == ["champ", out.record.version]
+    assert worker.due() is None  # no labels since the run's cutoff
+    print({k: m[k] for k in ("train_seconds", "fetch_seconds", "eval_seconds")})
+
+    # Same data, a delta no candidate can reach: rejected with the reason, champion and topic unchanged.
+    reject = GateSettings(delta=1.01, epsilon=1.0, min_holdout=5)
+    worker = RetrainWorker(iso, settings_for(base, mtopic, prefix, reject), registry)
+    out2 = worker.run_once("manual")
+    assert out2.record is not None and not out2.accepted and out2.record.status == "rejected"
+    assert any("below delta" in r for r in out2.record.reasons)
+    assert out2.record.parent == out.record.version
+    champion = registry.champion()
+    assert champion is not None and champion.version == out.record.version
+    assert [a.version for a in announcements(iso, mtopic, 3)] == ["champ", out.record.version]
+
+    # A stop request during training abandons the run: nothing uploaded, registered or announced.
+    worker.stop_event.set()
+    with pytest.raises(Abandoned):
+        worker.run_once("manual")
+    assert len(registry.versions()) == 3
