@@ -121,7 +121,6 @@ def test_retrain_gate_accepts_and_rejects_by_the_rule(
     assert champion is not None and champion.version == out.record.version
     assert [a.version for a in announcements(iso, mtopic, 2)] == ["champ", out.record.version]
     assert worker.due() is None  # no labels since the run's cutoff
-    print({k: m[k] for k in ("train_seconds", "fetch_seconds", "eval_seconds")})
 
     # Same data, a delta no candidate can reach: rejected with the reason, champion and topic unchanged.
     reject = GateSettings(delta=1.01, epsilon=1.0, min_holdout=5)
