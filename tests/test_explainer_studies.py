@@ -163,6 +163,7 @@ def test_handler_versions_lru_unknown_and_database_down(tmp_path: Path) -> None:
         return load_registered(sink, store, version, "cpu")
 
     cache = ModelCache(current, ["gradcam"], loader, capacity=1)
+    metrics_registry = new_registry()
     handler = ExplainHandler(
         fetcher=Fetcher(store),
         limits=DecodeLimits(),
@@ -170,7 +171,7 @@ def test_handler_versions_lru_unknown_and_database_down(tmp_path: Path) -> None:
         store=store,
         models=cache,
         next_model=lambda: None,
-        metrics=ExplainerMetrics.create(new_registry()),
+        metrics=ExplainerMetrics.create(metrics_registry),
     )
     try:
         verdicts = [
@@ -192,6 +193,10 @@ def test_handler_versions_lru_unknown_and_database_down(tmp_path: Path) -> None:
             ("i2", "vb"),
         ]
         assert loads == ["vb", "vc", "vz"]  # vb loaded once for two verdicts
+        sample = metrics_registry.get_sample_value
+        assert sample("explainer_explanations_total", {"method": "gradcam", "model_version": "vb"}) == 2
+        assert sample("explainer_skipped_total", {"label": "real"}) == 1
+        assert sample("explainer_model_loads_total", {"outcome": "unknown_model_version"}) == 1
         assert len(batch.outputs) == 3 and len(store.objects) == 2 + 1 + 9  # 2 weights, 1 image, 9 artefacts
         handler(Batch([_record(10, _verdict("i2", "vb"))]))
         assert loads == ["vb", "vc", "vz"]  # still cached (capacity 1)
@@ -201,3 +206,24 @@ def test_handler_versions_lru_unknown_and_database_down(tmp_path: Path) -> None:
             handler(Batch([_record(11, _verdict("i1", "va"))]))
     finally:
         handler.close()
+
+
+def test_model_cache_swap_keeps_the_previous_version_for_late_verdicts(tmp_path: Path) -> None:
+    a = ServingModel.load(make_weights(tmp_path / "a.safetensors", "va", seed=1), "cpu")
+    b = ServingModel.load(make_weights(tmp_path / "b.safetensors", "vb", seed=2), "cpu")
+    c = ServingModel.load(make_weights(tmp_path / "c.safetensors", "vc", seed=3), "cpu")
+    loads: list[str] = []
+
+    def loader(version: str) -> ServingModel:
+        loads.append(version)
+        raise PermanentError(f"unknown {version}", "unknown_model_version")
+
+    cache = ModelCache(a, ["gradcam", "layercam"], loader, capacity=1)
+    cache.swap(b)  # a models.published announcement, taken between batches
+    assert cache.current.version == "vb" and cache.get("va").version == "va" and loads == []
+    assert set(cache.get("vb").by_method) == {"gradcam", "layercam"}
+    cache.swap(c)  # capacity 1: vb stays, va is evicted
+    assert cache.cached_versions == ["vc", "vb"]
+    with pytest.raises(PermanentError):
+        cache.get("va")
+    assert loads == ["va"]
