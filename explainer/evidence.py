@@ -109,17 +109,21 @@ def plot(report: dict[str, Any], path: str, category_names: tuple[str, ...]) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(11, 3.8), dpi=120)
-    grid = fig.add_gridspec(1, 4, width_ratios=(1, 1, 0.08, 3.2))
+    fig = plt.figure(figsize=(11.5, 4.0), dpi=120, layout="constrained")
+    grid = fig.add_gridspec(1, 3, width_ratios=(1, 1, 3.0))
+    map_axes = []
     for i, cname in enumerate(CLASS_NAMES):
         ax = fig.add_subplot(grid[0, i])
         im = ax.imshow(np.asarray(report["mean_maps"][cname]), cmap="inferno", vmin=0, vmax=1)
         s = report["by_class"][cname]
-        ax.set_title(f"mean map, {cname.upper()}\nborder share {s['border_share_mean']:.2f}", fontsize=9)
+        ax.set_title(
+            f"mean map, {cname.upper()} images\nborder share {s['border_share_mean']:.2f}", fontsize=9
+        )
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(im, cax=fig.add_subplot(grid[0, 2]))
-    ax = fig.add_subplot(grid[0, 3])
+        map_axes.append(ax)
+    fig.colorbar(im, ax=map_axes, orientation="horizontal", fraction=0.06, pad=0.04)
+    ax = fig.add_subplot(grid[0, 2])
     x = np.arange(len(category_names))
     for j, cname in enumerate(CLASS_NAMES):
         vals = [report["by_category"][cname][cat]["border_share_mean"] or 0.0 for cat in category_names]
@@ -131,6 +135,5 @@ def plot(report: dict[str, Any], path: str, category_names: tuple[str, ...]) -> 
     ax.legend(fontsize=8)
     ax.set_title(f"border (outer 1/8) vs centre, {report['method']} of the predicted class", fontsize=9)
     fig.suptitle(f"Where the evidence is: {report['n']} validation images, model {report['model_version']}")
-    fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)

@@ -49,7 +49,9 @@ def gallery(
     idx = pick(p_all, labels, model.meta.threshold, n_fake, n_real, seed)
     ex = CamExplainer(model.model, method, model.meta.mean, model.meta.std)
     result = ex.explain(images[idx], "fake")
-    fig, axes = plt.subplots(2, len(idx), figsize=(1.6 * len(idx), 4.3), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(
+        2, len(idx), figsize=(1.6 * len(idx), 4.0), dpi=120, squeeze=False, layout="constrained"
+    )
     shown = []
     for j, i in enumerate(idx):
         big = Image.fromarray(images[i], "RGB").resize((OVERLAY_SIZE, OVERLAY_SIZE), Image.Resampling.NEAREST)
@@ -68,7 +70,6 @@ def gallery(
         f"{method} of the 'fake' logit, model {model.version} (top: input, bottom: stored overlay)",
         fontsize=9,
     )
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return {"path": path, "method": method, "model_version": model.version, "images": shown}
