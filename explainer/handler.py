@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pydantic import ValidationError
 
 from explainer.cam import Method, TargetSpec
 from explainer.models import Explainers, ModelCache
@@ -219,17 +220,27 @@ class ExplainHandler:
                 it.ref = refs[vid]
 
     def _fetch(self, batch: Batch, items: list[_Item]) -> None:
-        live = [it for it in items if it.ref is not None]
-        # The safe fetcher takes submissions; the reference comes from our own images table.
-        msgs = [
-            ImageSubmitted(
-                image_id=it.verdict.image_id,
-                ref=it.ref,
-                submitted_at=it.verdict.submitted_at,
-                source="explainer",
-            )
-            for it in live
-        ]
+        # The safe fetcher takes submissions; the reference comes from our own images table, and one
+        # that the contract refuses (written by something other than the scorer) fails only its record.
+        live, msgs = [], []
+        for it in items:
+            if it.ref is None:
+                continue
+            try:
+                msg = ImageSubmitted(
+                    image_id=it.verdict.image_id,
+                    ref=it.ref,
+                    submitted_at=it.verdict.submitted_at,
+                    source="explainer",
+                )
+            except ValidationError as e:
+                batch.fail(
+                    it.record,
+                    PermanentError(f"stored reference is not valid: {e.errors()[0]['msg']}", "invalid_ref"),
+                )
+                continue
+            live.append(it)
+            msgs.append(msg)
         for it, res in zip(live, self.fetcher.fetch_many(msgs), strict=True):
             if isinstance(res, bytes):
                 it.data = res

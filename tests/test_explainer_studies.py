@@ -153,7 +153,8 @@ def test_handler_versions_lru_unknown_and_database_down(tmp_path: Path) -> None:
         "vc": RegisteredModel("vc", "c.safetensors", "0" * 64),  # the bytes do not match the registry
     }
     store.put("images", "img", jpeg(7))
-    sink = MemorySink({"i1": "s3://images/img", "i2": "s3://images/img", "i3": None}, registry)
+    refs = {"i1": "s3://images/img", "i2": "s3://images/img", "i3": None, "i4": "ftp://elsewhere/x"}
+    sink = MemorySink(refs, registry)
     loads: list[str] = []
 
     def loader(version: str) -> ServingModel:
@@ -182,11 +183,17 @@ def test_handler_versions_lru_unknown_and_database_down(tmp_path: Path) -> None:
             _verdict("i2", "vz"),
             _verdict("i3", "va"),
             _verdict("i1", "va", "real"),
+            _verdict("i4", "va"),
         ]
         batch = Batch([_record(o, v) for o, v in enumerate(verdicts)])
         handler(batch)
         codes = {f.record.offset: f.code for f in batch.failures.values()}
-        assert codes == {3: "model_sha256_mismatch", 4: "unknown_model_version", 5: "no_image_ref"}
+        assert codes == {
+            3: "model_sha256_mismatch",
+            4: "unknown_model_version",
+            5: "no_image_ref",
+            7: "invalid_ref",
+        }
         assert sorted((r.image_id, r.model_version) for r in sink.rows) == [
             ("i1", "va"),
             ("i1", "vb"),
