@@ -43,6 +43,7 @@ from ingest.settings import StackSettings
 from retrainer.augment import jpeg_bank
 from retrainer.data import CifakeSplit, dedup_index, load_split, split_train_val
 from retrainer.feedback import MajorityLabels, majority_labels
+from retrainer.perturb import PERTURBATIONS
 from retrainer.registry import ModelRecord, ModelRegistry, Trigger
 from retrainer.settings import GateSettings, RetrainerSettings, TrainBudget
 from retrainer.train import ThreadTuner, TrainConfig, augment_batch, lr_at, make_optimizer, train_step
@@ -147,13 +148,19 @@ def fetch_feedback_images(
     return FeedbackImages(ids, images, np.array([labels[i] for i in ids], np.int64), unavailable)
 
 
-def base_sets(data: str, meta: ModelMeta, budget: TrainBudget) -> tuple[CifakeSplit, CifakeSplit]:
-    """(replay sample of base train, base validation subsample), both seeded; val is the champion's split."""
+def base_sets(
+    data: str, meta: ModelMeta, budget: TrainBudget, categories: list[int] | None = None
+) -> tuple[CifakeSplit, CifakeSplit]:
+    """(replay sample of base train, base validation subsample), both seeded; val is the champion's split,
+    both restricted to ``categories`` when given."""
     ds = load_split(data, "train")
     train_idx, val_idx = split_train_val(
         ds, float(meta.split.get("val_fraction", 0.1)), int(meta.split.get("seed", 0))
     )
     train_idx = np.intersect1d(train_idx, dedup_index(ds.hashes))
+    if categories is not None:
+        train_idx = train_idx[np.isin(ds.categories[train_idx], categories)]
+        val_idx = val_idx[np.isin(ds.categories[val_idx], categories)]
     rng = np.random.default_rng(budget.seed)
     replay = rng.choice(train_idx, size=min(budget.replay, len(train_idx)), replace=False)
     val = rng.choice(val_idx, size=min(budget.base_val_max, len(val_idx)), replace=False)
@@ -166,6 +173,18 @@ def accuracy(model: nn.Module, meta: ModelMeta, images: np.ndarray, labels: np.n
         return None
     p = p_fake_from_logits(predict_logits(model, images, meta.mean, meta.std, device=torch.device("cpu")))
     return float(((p >= meta.threshold).astype(np.int64) == labels).mean())
+
+
+def robustness(
+    candidate: nn.Module, champion: nn.Module, meta: ModelMeta, val: CifakeSplit
+) -> dict[str, Any]:
+    """Base-validation accuracy of both models under each perturbation (the robustness battery)."""
+    out: dict[str, Any] = {}
+    for name, perturb in PERTURBATIONS.items():
+        images = perturb(val.images)
+        out[f"robust_{name}_accuracy"] = accuracy(candidate, meta, images, val.labels)
+        out[f"champion_robust_{name}_accuracy"] = accuracy(champion, meta, images, val.labels)
+    return out
 
 
 def fine_tune(
@@ -248,7 +267,7 @@ def retrain_once(
         parent_path = Path(tmp) / "parent.safetensors"
         parent_path.write_bytes(registry.fetch_weights(champion))
         champ_model, meta = load_weights(parent_path)
-        replay, base_val = base_sets(settings.base_data, meta, budget)
+        replay, base_val = base_sets(settings.base_data, meta, budget, settings.base_categories)
         t_train = time.monotonic()
         candidate = fine_tune(
             copy.deepcopy(champ_model), fb.images[~hold], fb.labels[~hold], replay, budget, stop
@@ -269,6 +288,8 @@ def retrain_once(
             "fetch_seconds": round(fetch_seconds, 2),
             "eval_seconds": round(time.monotonic() - t_eval, 2),
         }
+        if settings.robustness:
+            metrics |= robustness(candidate, champ_model, meta, base_val)
         gain = None
         if metrics["holdout_accuracy"] is not None and metrics["champion_holdout_accuracy"] is not None:
             gain = metrics["holdout_accuracy"] - metrics["champion_holdout_accuracy"]

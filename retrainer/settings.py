@@ -62,6 +62,11 @@ class RetrainerSettings(ServiceSettings):
     trigger_interval_s: float = Field(default=3600.0, ge=0)
     worker_poll_s: float = Field(default=5.0, gt=0)
     base_data: str = DEFAULT_BASE_DATA
+    # CIFAR-10 categories of the base data the champion was trained on (None: all). Replay and base validation
+    # use only these, so a retrain never sees ground truth the moderators did not give it.
+    base_categories: list[int] | None = None
+    # Score the base validation set under each perturbation of retrainer.perturb (reported, not gated).
+    robustness: bool = True
     device: str = "cpu"
     gate: GateSettings = GateSettings()
     budget: TrainBudget = TrainBudget()
