@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -10,7 +11,9 @@ from typing import Any
 
 from ingest.settings import StackSettings, load
 from ingest.storage import S3Store
+from ingest.topics import IMAGES_SUBMITTED
 from retrainer.registry import Announcer, ModelRecord, ModelRegistry, RegistryError, sha256_hex
+from retrainer.rescore import parse_since, rescore
 from retrainer.settings import RetrainerSettings
 from scorer.weights import DEFAULT_WEIGHTS, read_meta
 
@@ -101,6 +104,16 @@ def add_models_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     pr.add_argument("--json", action="store_true")
     rb = msub.add_parser("rollback", help="re-announce the previous champion")
     rb.add_argument("--json", action="store_true")
+    for q in (pr, rb):
+        q.add_argument(
+            "--rescore-since", help="then resubmit what the old champion scored since (2h, 1d, ISO)"
+        )
+        q.add_argument(
+            "--rescore-topic", default=IMAGES_SUBMITTED, help="where to resubmit (images.submitted)"
+        )
+        q.add_argument(
+            "--rescore-wait", type=float, default=120.0, help="seconds to wait for the new version"
+        )
     rd = msub.add_parser("register-default", help="register the shipped weights (first champion); idempotent")
     rd.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     rd.add_argument("--json", action="store_true")
@@ -124,6 +137,12 @@ def _emit(record: ModelRecord, as_json: bool, note: str, extra: dict[str, Any] |
         print(format_table([record]))
         if note:
             print(note)
+        if extra and "rescore" in extra:
+            r = extra["rescore"]
+            print(
+                f"re-scoring: {r['resubmitted']} image(s) of {r['version']} resubmitted, "
+                f"{r['without_reference']} without a reference"
+            )
         for e in (extra or {}).get("events", []):
             print(f"  {e['at']}  {e['event']}  {json.dumps(e['detail'])}")
 
@@ -150,11 +169,25 @@ def _dispatch(registry: ModelRegistry, args: argparse.Namespace) -> int:
             )
         _emit(record, args.json, "", extra)
         return 0
-    if cmd == "promote":
-        _emit(registry.promote(args.version, force=args.force), args.json, "promoted and announced")
-        return 0
-    if cmd == "rollback":
-        _emit(registry.rollback(), args.json, "rolled back; announced")
+    if cmd in ("promote", "rollback"):
+        old = registry.champion()
+        if cmd == "promote":
+            record, note = registry.promote(args.version, force=args.force), "promoted and announced"
+        else:
+            record, note = registry.rollback(), "rolled back; announced"
+        rescored: dict[str, Any] = {}
+        if args.rescore_since and old is not None:
+            since = parse_since(args.rescore_since)
+            result = rescore(
+                registry.stack,
+                old.version,
+                since,
+                args.rescore_topic,
+                new_version=record.version,
+                wait_s=args.rescore_wait,
+            )
+            rescored["rescore"] = dataclasses.asdict(result)
+        _emit(record, args.json, note, rescored)
         return 0
     if cmd == "register-default":
         path = Path(args.weights)
