@@ -15,7 +15,7 @@ from ingest.storage import S3Store
 from retrainer.__main__ import main as retrainer_main
 from retrainer.models_cli import register_default
 from retrainer.registry import MODELS_BUCKET, Announcer, ModelRegistry, RegistryError
-from tests.kafka_helpers import read_all
+from tests.kafka_helpers import end_offsets, read_all
 from tests.retrainer_helpers import isolated_schema, models_topic
 from tests.scorer_helpers import make_weights
 
@@ -41,8 +41,10 @@ def registry(iso: StackSettings, mtopic: str) -> ModelRegistry:
     )
 
 
-def announcements(stack: StackSettings, topic: str, expect: int) -> list[ModelPublished]:
-    return [decode(ModelPublished, v) for _p, _o, _k, v in read_all(stack, topic, expect, timeout=10)]
+def announcements(stack: StackSettings, topic: str) -> list[ModelPublished]:
+    """Every announcement on the (one-partition) topic so far: reads up to the end offset, no waiting."""
+    (end,) = end_offsets(stack, topic).values() or (0,)
+    return [decode(ModelPublished, v) for _p, _o, _k, v in read_all(stack, topic, end, timeout=10)]
 
 
 def publish(registry: ModelRegistry, path: Path, version: str, status: str = "champion") -> None:
@@ -66,7 +68,7 @@ def test_register_default_is_idempotent_and_announced(
     again, note2 = register_default(registry, path)
     assert (again.version, note2) == ("default-test", "already registered")
     assert [r.version for r in registry.versions()] == ["default-test"]
-    (msg,) = announcements(stack, mtopic, 1)
+    (msg,) = announcements(stack, mtopic)
     assert (msg.version, msg.sha256, msg.object_key) == (record.version, record.sha256, record.object_key)
     assert registry.fetch_weights(record) == path.read_bytes()
     # Other bytes later: registered as a candidate, the champion stays.
@@ -99,7 +101,7 @@ def test_crash_between_upload_and_register_changes_nothing(
         )
     assert registry.get("v-b") is None
     assert [(r.version, r.status) for r in registry.versions()] == [("v-a", "champion")]
-    assert [m.version for m in announcements(stack, mtopic, 2)] == ["v-a"]
+    assert [m.version for m in announcements(stack, mtopic)] == ["v-a"]
     # the uploaded object is unreferenced, and reconcile has nothing to re-announce
     assert S3Store(registry.stack.s3).stat(MODELS_BUCKET, registry.object_key("v-b")).size > 0
     assert registry.reconcile() is False
@@ -129,7 +131,7 @@ def test_promote_rollback_walk_history_and_cli(
     with pytest.raises(RegistryError):
         registry.promote("v-rejected")
     assert registry.promote("v3").version == "v3"
-    assert [m.version for m in announcements(stack, mtopic, 6)] == ["v1", "v2", "v3", "v2", "v1", "v3"]
+    assert [m.version for m in announcements(stack, mtopic)] == ["v1", "v2", "v3", "v2", "v1", "v3"]
     assert registry.reconcile() is False
 
     monkeypatch.setenv("CIFAKE_PG__DSN", registry.stack.pg.dsn.get_secret_value())
@@ -146,3 +148,27 @@ def test_promote_rollback_walk_history_and_cli(
     shown = json.loads(capsys.readouterr().out)
     assert shown["status"] == "champion" and shown["events"][0]["event"] == "registered"
     assert retrainer_main(["models", "--topic", mtopic, "promote", "nope"]) == 1
+
+
+def test_crash_between_register_and_announce_is_reconciled(
+    registry: ModelRegistry,
+    tmp_path: Path,
+    stack: StackSettings,
+    mtopic: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    publish(registry, make_weights(tmp_path / "a.safetensors", "a", 1), "v-a")
+
+    def broker_down(_msg: ModelPublished) -> None:
+        raise ConnectionError("simulated crash before the announcement")
+
+    with monkeypatch.context() as m:
+        m.setattr(registry.announcer, "announce", broker_down)
+        with pytest.raises(ConnectionError):
+            publish(registry, make_weights(tmp_path / "b.safetensors", "b", 2), "v-b")
+    champion = registry.champion()
+    assert champion is not None and champion.version == "v-b" and champion.announced_at is None
+    assert [m.version for m in announcements(stack, mtopic)] == ["v-a"]
+    assert registry.reconcile() is True  # what every retrainer process does at start
+    assert [m.version for m in announcements(stack, mtopic)] == ["v-a", "v-b"]
+    assert registry.reconcile() is False

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from prometheus_client import generate_latest
 
+from ingest.metrics import new_registry
 from ingest.settings import StackSettings
 from ingest.storage import S3Store
 from retrainer.registry import Announcer, ModelRegistry
 from retrainer.retrain import Abandoned, gate, in_holdout
 from retrainer.settings import GateSettings, RetrainerSettings, TrainBudget
 from retrainer.synthetic import make_synthetic_cifake
-from retrainer.worker import RetrainWorker
+from retrainer.worker import RetrainWorker, WorkerMetrics
 from tests.retrainer_helpers import insert_images, isolated_schema, models_topic
 from tests.scorer_helpers import make_weights, upload_images
 from tests.test_retrainer_registry import announcements
@@ -108,7 +110,10 @@ def test_retrain_gate_accepts_and_rejects_by_the_rule(
     )
 
     accept = GateSettings(delta=-1.0, epsilon=1.0, min_holdout=5)
-    worker = RetrainWorker(iso, settings_for(base, mtopic, prefix, accept), registry)
+    metrics_registry = new_registry()
+    worker = RetrainWorker(
+        iso, settings_for(base, mtopic, prefix, accept), registry, WorkerMetrics.create(metrics_registry)
+    )
     assert worker.due() == "feedback_count"  # 120 labels >= 10
     out = worker.run_once("manual")
     assert out.record is not None and out.accepted
@@ -119,8 +124,12 @@ def test_retrain_gate_accepts_and_rejects_by_the_rule(
     assert out.record.data["feedback"]["labels"] == 120 and out.record.data["feedback"]["unavailable"] == 0
     champion = registry.champion()
     assert champion is not None and champion.version == out.record.version
-    assert [a.version for a in announcements(iso, mtopic, 2)] == ["champ", out.record.version]
+    assert [a.version for a in announcements(iso, mtopic)] == ["champ", out.record.version]
     assert worker.due() is None  # no labels since the run's cutoff
+    exposed = generate_latest(metrics_registry).decode()
+    assert 'retrainer_retrains_total{outcome="published"} 1.0' in exposed
+    assert f'retrainer_champion_info{{version="{out.record.version}"}} 1.0' in exposed
+    assert "retrainer_feedback_labels 120.0" in exposed and "retrainer_training_seconds_count 1.0" in exposed
 
     # Same data, a delta no candidate can reach: rejected with the reason, champion and topic unchanged.
     reject = GateSettings(delta=1.01, epsilon=1.0, min_holdout=5)
@@ -131,10 +140,17 @@ def test_retrain_gate_accepts_and_rejects_by_the_rule(
     assert out2.record.parent == out.record.version
     champion = registry.champion()
     assert champion is not None and champion.version == out.record.version
-    assert [a.version for a in announcements(iso, mtopic, 3)] == ["champ", out.record.version]
+    assert [a.version for a in announcements(iso, mtopic)] == ["champ", out.record.version]
 
     # A stop request during training abandons the run: nothing uploaded, registered or announced.
     worker.stop_event.set()
     with pytest.raises(Abandoned):
         worker.run_once("manual")
     assert len(registry.versions()) == 3
+
+    # The schedule trigger: one new label and the interval elapsed.
+    label_feedback(iso, tmp_path / "fb", moderator="m2")
+    scheduled = settings_for(base, mtopic, prefix, reject).model_copy(
+        update={"trigger_labels": 1000, "trigger_interval_s": 0.001}
+    )
+    assert RetrainWorker(iso, scheduled, registry).due() == "schedule"
