@@ -154,6 +154,14 @@ def base_sets(
     """(replay sample of base train, base validation subsample), both seeded; val is the champion's split,
     both restricted to ``categories`` when given."""
     ds = load_split(data, "train")
+    if meta.data_fingerprint and meta.data_fingerprint != ds.fingerprint:
+        logger.warning(
+            "base data %s (fingerprint %s) is not the champion's training data (%s): base validation may "
+            "overlap images the champion was trained on",
+            data,
+            ds.fingerprint,
+            meta.data_fingerprint,
+        )
     train_idx, val_idx = split_train_val(
         ds, float(meta.split.get("val_fraction", 0.1)), int(meta.split.get("seed", 0))
     )
@@ -239,6 +247,68 @@ def _fingerprint(pairs: list[tuple[str, int]]) -> str:
     return h.hexdigest()[:16]
 
 
+def compare(
+    candidate: nn.Module,
+    champion: nn.Module,
+    meta: ModelMeta,
+    fb: FeedbackImages,
+    hold: np.ndarray,
+    base_val: CifakeSplit,
+    with_robustness: bool,
+) -> dict[str, Any]:
+    """Both models on the same sets, each at the (shared) threshold; gain and drop as the gate reads them."""
+    t_eval = time.monotonic()
+    m: dict[str, Any] = {
+        "holdout_accuracy": accuracy(candidate, meta, fb.images[hold], fb.labels[hold]),
+        "base_val_accuracy": accuracy(candidate, meta, base_val.images, base_val.labels),
+        "champion_holdout_accuracy": accuracy(champion, meta, fb.images[hold], fb.labels[hold]),
+        "champion_base_val_accuracy": accuracy(champion, meta, base_val.images, base_val.labels),
+        "n_holdout": int(hold.sum()),
+        "n_feedback_train": int((~hold).sum()),
+        "n_base_val": len(base_val),
+    }
+    if with_robustness:
+        m |= robustness(candidate, champion, meta, base_val)
+    gain = None
+    if m["holdout_accuracy"] is not None and m["champion_holdout_accuracy"] is not None:
+        gain = m["holdout_accuracy"] - m["champion_holdout_accuracy"]
+    m["holdout_gain"] = gain
+    m["base_val_drop"] = m["champion_base_val_accuracy"] - m["base_val_accuracy"]
+    m["eval_seconds"] = round(time.monotonic() - t_eval, 2)
+    return m
+
+
+def describe_data(
+    majority: MajorityLabels,
+    fb: FeedbackImages,
+    hold: np.ndarray,
+    cutoff: datetime | None,
+    replay: CifakeSplit,
+    base_val: CifakeSplit,
+    base_data: str,
+) -> dict[str, Any]:
+    """What the version was trained and evaluated on (the registry's ``data`` column)."""
+    return {
+        "feedback": {
+            "labels": len(majority.labels),
+            "ties_left_out": majority.ties,
+            "agreement": majority.agreement,
+            "images_used": len(fb.ids),
+            "unavailable": fb.unavailable,
+            "train": int((~hold).sum()),
+            "holdout": int(hold.sum()),
+            "fingerprint": _fingerprint([(i, int(y)) for i, y in zip(fb.ids, fb.labels, strict=True)]),
+            "cutoff": cutoff.isoformat() if cutoff else None,
+        },
+        "base": {
+            "fingerprint": replay.fingerprint,
+            "replay": len(replay),
+            "val": len(base_val),
+            "source": Path(base_data).name,
+        },
+    }
+
+
 def retrain_once(
     stack: StackSettings,
     settings: RetrainerSettings,
@@ -273,28 +343,12 @@ def retrain_once(
             copy.deepcopy(champ_model), fb.images[~hold], fb.labels[~hold], replay, budget, stop
         )
         train_seconds = time.monotonic() - t_train
-        t_eval = time.monotonic()
-        metrics: dict[str, Any] = {
-            "holdout_accuracy": accuracy(candidate, meta, fb.images[hold], fb.labels[hold]),
-            "base_val_accuracy": accuracy(candidate, meta, base_val.images, base_val.labels),
-            "champion_holdout_accuracy": accuracy(champ_model, meta, fb.images[hold], fb.labels[hold]),
-            "champion_base_val_accuracy": accuracy(champ_model, meta, base_val.images, base_val.labels),
-            "n_holdout": int(hold.sum()),
-            "n_feedback_train": int((~hold).sum()),
-            "n_base_val": len(base_val),
+        metrics = compare(candidate, champ_model, meta, fb, hold, base_val, settings.robustness) | {
             "n_replay": len(replay),
             "steps": budget.steps,
             "train_seconds": round(train_seconds, 2),
             "fetch_seconds": round(fetch_seconds, 2),
-            "eval_seconds": round(time.monotonic() - t_eval, 2),
         }
-        if settings.robustness:
-            metrics |= robustness(candidate, champ_model, meta, base_val)
-        gain = None
-        if metrics["holdout_accuracy"] is not None and metrics["champion_holdout_accuracy"] is not None:
-            gain = metrics["holdout_accuracy"] - metrics["champion_holdout_accuracy"]
-        metrics["holdout_gain"] = gain
-        metrics["base_val_drop"] = metrics["champion_base_val_accuracy"] - metrics["base_val_accuracy"]
         accepted, reasons = gate(metrics, settings.gate)
         version = f"ft-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
         out_meta = dataclasses.replace(
@@ -309,25 +363,7 @@ def retrain_once(
             },
         )
         path = save_weights(Path(tmp) / "candidate.safetensors", candidate, out_meta)
-        data_info = {
-            "feedback": {
-                "labels": len(majority.labels),
-                "ties_left_out": majority.ties,
-                "agreement": majority.agreement,
-                "images_used": len(fb.ids),
-                "unavailable": fb.unavailable,
-                "train": int((~hold).sum()),
-                "holdout": int(hold.sum()),
-                "fingerprint": _fingerprint([(i, int(y)) for i, y in zip(fb.ids, fb.labels, strict=True)]),
-                "cutoff": cutoff.isoformat() if cutoff else None,
-            },
-            "base": {
-                "fingerprint": replay.fingerprint,
-                "replay": len(replay),
-                "val": len(base_val),
-                "source": Path(settings.base_data).name,
-            },
-        }
+        data_info = describe_data(majority, fb, hold, cutoff, replay, base_val, settings.base_data)
         record = registry.publish(
             path.read_bytes(),
             version=version,
