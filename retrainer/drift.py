@@ -187,7 +187,10 @@ def run_drift_bench(stack: StackSettings, cfg: DriftConfig) -> dict[str, Any]:
         bench = DriftRun(env, ds, sets, cfg, out, stream, procs)
         with tempfile.TemporaryDirectory(prefix="cifake-drift-") as tmp:
             rows = bench.run(Path(tmp))
-        summary = summarize(rows, bench.labels_used) | {"wall_s": round(time.monotonic() - t0, 1)}
+        summary = summarize(rows, bench.labels_used) | {
+            "wall_s": round(time.monotonic() - t0, 1),
+            "run": env.run,
+        }
         summary["service_exit_codes"] = [_stop(p) for p in procs]
         plot(rows, out / "drift.png")
         report = {"config": _config_json(cfg), "rows": [asdict(r) for r in rows], "summary": summary}

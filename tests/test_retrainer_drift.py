@@ -58,7 +58,10 @@ def test_drift_bench_tiny(
     conn = psycopg2.connect(stack.pg.dsn.get_secret_value())
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'drift_%%'")
+            cur.execute(
+                "SELECT count(*) FROM information_schema.schemata WHERE schema_name = %s",
+                (f"drift_{summary['run']}",),
+            )
             row = cur.fetchone()
             assert row is not None and row[0] == 0, "the run's schema is dropped"
     finally:
