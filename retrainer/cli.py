@@ -44,6 +44,7 @@ def _add_drift(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--arch", default=d.arch)
     p.add_argument("--init-steps", type=int, default=d.init_steps)
+    p.add_argument("--init-max", type=int, default=d.init_max, help="training images for the first champion")
     p.add_argument("--stream", type=int, default=d.stream, help="images streamed (all categories)")
     p.add_argument("--rounds", type=int, default=d.rounds)
     p.add_argument("--label-share", type=float, default=d.label_share)
@@ -51,6 +52,7 @@ def _add_drift(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--eval-max", type=int, default=d.eval_max)
     p.add_argument("--steps", type=int, default=d.budget.steps, help="fine-tuning steps per retrain")
     p.add_argument("--replay", type=int, default=d.budget.replay)
+    p.add_argument("--base-val-max", type=int, default=d.budget.base_val_max)
     p.add_argument("--delta", type=float, default=d.gate.delta)
     p.add_argument("--epsilon", type=float, default=d.gate.epsilon)
     p.add_argument("--threads", type=int, default=0, help="torch threads for training (0: measured)")
@@ -133,13 +135,20 @@ def _drift(args: argparse.Namespace, stack: StackSettings) -> int:
         old_categories=tuple(int(c) for c in args.old_categories.split(",")),
         arch=args.arch,
         init_steps=args.init_steps,
+        init_max=args.init_max,
         stream=args.stream,
         rounds=args.rounds,
         label_share=args.label_share,
         max_labels=args.max_labels,
         eval_max=args.eval_max,
         budget=d.budget.model_copy(
-            update={"steps": args.steps, "replay": args.replay, "threads": args.threads, "seed": args.seed}
+            update={
+                "steps": args.steps,
+                "replay": args.replay,
+                "base_val_max": args.base_val_max,
+                "threads": args.threads,
+                "seed": args.seed,
+            }
         ),
         gate=GateSettings(delta=args.delta, epsilon=args.epsilon, min_holdout=d.gate.min_holdout),
         seed=args.seed,

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -56,6 +57,7 @@ class DriftConfig:
     old_categories: tuple[int, ...] = (0, 1, 2, 3, 4)
     arch: str = "fastnet_s"
     init_steps: int = 1500
+    init_max: int = 20000  # old-category training images for the first champion (seeded subsample)
     init_batch: int = 128
     init_lr: float = 0.05
     stream: int = 4000  # images streamed, all categories
@@ -92,7 +94,7 @@ def split_data(ds: CifakeSplit, cfg: DriftConfig) -> dict[str, np.ndarray]:
     old = np.isin(ds.categories, cfg.old_categories)
     val_idx = rng.permutation(val_idx)
     return {
-        "init": rest[old[rest]],
+        "init": rest[old[rest]][: cfg.init_max],
         "stream": stream,
         "probes": probes,
         "eval_old": val_idx[old[val_idx]][: cfg.eval_max],
@@ -179,6 +181,10 @@ def run_drift_bench(stack: StackSettings, cfg: DriftConfig) -> dict[str, Any]:
         "old categories %s, new %s; %s", cfg.old_categories, new_names, {k: len(v) for k, v in sets.items()}
     )
     env = DriftEnv(stack, uuid.uuid4().hex[:8])
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM as SystemExit: the finally below stops the services and drops the run's schema and topics.
+        previous = signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     env.create()
     procs: list[subprocess.Popen[bytes]] = []
     stream = Stream(env, ds)
@@ -202,6 +208,8 @@ def run_drift_bench(stack: StackSettings, cfg: DriftConfig) -> dict[str, Any]:
             _stop(p)
         if not cfg.keep:
             env.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 class DriftRun:

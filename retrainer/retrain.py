@@ -236,7 +236,9 @@ def fine_tune(
             parts.append(n_fb + torch.randint(0, n_replay, (k_replay,), generator=gen))
         idx = torch.cat(parts)
         x = augment_batch(images[idx], bank[idx], JPEG_P, budget.shift, gen)
-        train_step(model, opt, loss_fn, x, labels[idx], device)
+        loss = train_step(model, opt, loss_fn, x, labels[idx], device)
+        if (step + 1) % 100 == 0:
+            logger.info("fine-tune step %d/%d: loss %.4f", step + 1, budget.steps, float(loss.detach()))
     return model.eval()
 
 
