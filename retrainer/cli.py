@@ -45,6 +45,7 @@ def _add_drift(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--arch", default=d.arch)
     p.add_argument("--init-steps", type=int, default=d.init_steps)
     p.add_argument("--init-max", type=int, default=d.init_max, help="training images for the first champion")
+    p.add_argument("--init-weights", help="reuse this first champion (same seed, stream, probes, init-max)")
     p.add_argument("--stream", type=int, default=d.stream, help="images streamed (all categories)")
     p.add_argument("--rounds", type=int, default=d.rounds)
     p.add_argument("--label-share", type=float, default=d.label_share)
@@ -53,6 +54,9 @@ def _add_drift(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--steps", type=int, default=d.budget.steps, help="fine-tuning steps per retrain")
     p.add_argument("--replay", type=int, default=d.budget.replay)
     p.add_argument("--base-val-max", type=int, default=d.budget.base_val_max)
+    p.add_argument("--lr", type=float, default=d.budget.lr)
+    p.add_argument("--feedback-share", type=float, default=d.budget.feedback_share)
+    p.add_argument("--interpolate", type=float, default=d.budget.interpolate, help="WiSE-FT weight (1: off)")
     p.add_argument("--delta", type=float, default=d.gate.delta)
     p.add_argument("--epsilon", type=float, default=d.gate.epsilon)
     p.add_argument("--threads", type=int, default=0, help="torch threads for training (0: measured)")
@@ -136,6 +140,7 @@ def _drift(args: argparse.Namespace, stack: StackSettings) -> int:
         arch=args.arch,
         init_steps=args.init_steps,
         init_max=args.init_max,
+        init_weights=args.init_weights,
         stream=args.stream,
         rounds=args.rounds,
         label_share=args.label_share,
@@ -146,6 +151,9 @@ def _drift(args: argparse.Namespace, stack: StackSettings) -> int:
                 "steps": args.steps,
                 "replay": args.replay,
                 "base_val_max": args.base_val_max,
+                "lr": args.lr,
+                "feedback_share": args.feedback_share,
+                "interpolate": args.interpolate,
                 "threads": args.threads,
                 "seed": args.seed,
             }

@@ -21,6 +21,7 @@ scorer's own benchmark does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -58,6 +59,8 @@ class DriftConfig:
     arch: str = "fastnet_s"
     init_steps: int = 1500
     init_max: int = 20000  # old-category training images for the first champion (seeded subsample)
+    # Reuse a first champion trained by an earlier run with the same seed, stream, probes and init_max.
+    init_weights: str | None = None
     init_batch: int = 128
     init_lr: float = 0.05
     stream: int = 4000  # images streamed, all categories
@@ -319,7 +322,12 @@ class DriftRun:
     def run(self, tmp: Path) -> list[Row]:
         t0 = time.monotonic()
         version = f"drift-init-{self.env.run}"
-        init = train_champion(self.ds, self.sets["init"], self.cfg, tmp / "init.safetensors", version)
+        if self.cfg.init_weights:
+            init = tmp / "init.safetensors"
+            model, meta = load_weights(self.cfg.init_weights)
+            save_weights(init, model, dataclasses.replace(meta, version=version))
+        else:
+            init = train_champion(self.ds, self.sets["init"], self.cfg, tmp / "init.safetensors", version)
         logger.info("initial champion trained in %.0fs", time.monotonic() - t0)
         self.registry.publish(
             init.read_bytes(),

@@ -242,6 +242,17 @@ def fine_tune(
     return model.eval()
 
 
+def interpolate(tuned: nn.Module, base: nn.Module, alpha: float) -> nn.Module:
+    """``alpha * tuned + (1 - alpha) * base`` for every floating-point tensor (BatchNorm statistics too)."""
+    base_sd = base.state_dict()
+    mixed = {
+        k: torch.lerp(base_sd[k].float(), v.float(), alpha).to(v.dtype) if v.dtype.is_floating_point else v
+        for k, v in tuned.state_dict().items()
+    }
+    tuned.load_state_dict(mixed)
+    return tuned.eval()
+
+
 def _fingerprint(pairs: list[tuple[str, int]]) -> str:
     h = hashlib.sha256()
     for image_id, label in sorted(pairs):
@@ -345,6 +356,8 @@ def retrain_once(
             copy.deepcopy(champ_model), fb.images[~hold], fb.labels[~hold], replay, budget, stop
         )
         train_seconds = time.monotonic() - t_train
+        if budget.interpolate < 1.0:
+            candidate = interpolate(candidate, champ_model, budget.interpolate)
         metrics = compare(candidate, champ_model, meta, fb, hold, base_val, settings.robustness) | {
             "n_replay": len(replay),
             "steps": budget.steps,

@@ -36,6 +36,9 @@ class TrainBudget(BaseModel):
     base_val_max: int = Field(default=4000, ge=10)  # base validation subsample (seeded, stratified by label)
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
     shift: int = Field(default=2, ge=0)
+    # Weight of the fine-tuned weights in the candidate; below 1 the candidate is the weight-space average
+    # with the champion (WiSE-FT, Wortsman et al. 2022), which keeps more of the base task.
+    interpolate: float = Field(default=1.0, gt=0, le=1)
     seed: int = 0
     threads: int = Field(default=0, ge=0)  # 0: torch's choice
 
