@@ -41,7 +41,7 @@ from ingest.settings import StackSettings
 from ingest.storage import S3Store
 from retrainer.data import CATEGORIES, CifakeSplit, dedup_index, load_split, split_train_val
 from retrainer.drift_env import DriftEnv, Stream, wait_for
-from retrainer.registry import Announcer, ModelRegistry
+from retrainer.registry import Announcer, ModelRecord, ModelRegistry
 from retrainer.retrain import accuracy, fine_tune
 from retrainer.settings import DEFAULT_BASE_DATA, GateSettings, TrainBudget
 from scorer.models import create_model
@@ -86,6 +86,8 @@ class Row:
     old_accuracy: float
     seconds_to_serving: float | None
     trigger: str | None = None
+    candidate_new: float | None = None  # the version registered this round (champion or rejected)
+    candidate_old: float | None = None
 
 
 def split_data(ds: CifakeSplit, cfg: DriftConfig) -> dict[str, np.ndarray]:
@@ -274,12 +276,11 @@ class DriftRun:
         cmd = [sys.executable, "-m", "retrainer", "run"]
         self.procs.append(_start(cmd, retrainer_env, self.out / "retrainer.log"))
 
-    def champion_accuracy(self) -> tuple[float, float]:
-        champ = self.registry.champion()
-        assert champ is not None
+    def accuracy_of(self, record: ModelRecord) -> tuple[float, float]:
+        """(new, old) category accuracy of a registered version."""
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "champion.safetensors"
-            path.write_bytes(self.registry.fetch_weights(champ))
+            path = Path(tmp) / "model.safetensors"
+            path.write_bytes(self.registry.fetch_weights(record))
             return evaluate(path, self.ds, self.sets)
 
     def wait_serving(self, version: str) -> None:
@@ -316,8 +317,21 @@ class DriftRun:
         if record.status == "champion":
             self.wait_serving(record.version)
             seconds = time.monotonic() - t_fb
-        new_acc, old_acc = self.champion_accuracy()
-        return Row(record.version, record.status, self.labels_used, new_acc, old_acc, seconds, record.trigger)
+        champion = self.registry.champion()
+        assert champion is not None
+        new_acc, old_acc = self.accuracy_of(champion)
+        cand_new, cand_old = self.accuracy_of(record)
+        return Row(
+            record.version,
+            record.status,
+            self.labels_used,
+            new_acc,
+            old_acc,
+            seconds,
+            record.trigger,
+            cand_new,
+            cand_old,
+        )
 
     def run(self, tmp: Path) -> list[Row]:
         t0 = time.monotonic()
@@ -367,9 +381,12 @@ def summarize(rows: list[Row], labels_used: int) -> dict[str, Any]:
 
 def _row_line(r: Row, n: int) -> str:
     s = f"{r.seconds_to_serving:.1f}s" if r.seconds_to_serving is not None else "-"
+    cand = ""
+    if r.candidate_new is not None and r.candidate_old is not None:
+        cand = f"  (candidate new {r.candidate_new:.4f} old {r.candidate_old:.4f})"
     return (
-        f"round {n}: {r.version:<28} {r.status:<9} labels {r.labels_used:>5}  new {r.new_accuracy:.4f}  "
-        f"old {r.old_accuracy:.4f}  to serving {s}"
+        f"round {n}: {r.version:<28} {r.status:<9} labels {r.labels_used:>5}  "
+        f"champion new {r.new_accuracy:.4f} old {r.old_accuracy:.4f}  to serving {s}{cand}"
     )
 
 
