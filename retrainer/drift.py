@@ -144,13 +144,21 @@ def plot(rows: list[Row], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     xs = [r.labels_used for r in rows]
-    ax.plot(xs, [r.new_accuracy for r in rows], "o-", label="new categories")
-    ax.plot(xs, [r.old_accuracy for r in rows], "s-", label="old categories")
+    ax.plot(xs, [r.new_accuracy for r in rows], "o-", color="C0", label="champion, new categories")
+    ax.plot(xs, [r.old_accuracy for r in rows], "s-", color="C1", label="champion, old categories")
+    cands = [r for r in rows if r.candidate_new is not None]
+    if cands:
+        cx = [r.labels_used for r in cands]
+        c_new = [float(r.candidate_new or 0.0) for r in cands]
+        c_old = [float(r.candidate_old or 0.0) for r in cands]
+        ax.plot(cx, c_new, "o--", mfc="none", color="C0", label="candidate, new")
+        ax.plot(cx, c_old, "s--", mfc="none", color="C1", label="candidate, old")
     for r in rows:
-        ax.annotate(r.version[-6:] if r.labels_used else "start", (r.labels_used, r.new_accuracy), fontsize=7)
+        tag = "start" if not r.labels_used else f"{r.version[-6:]} {r.status}"
+        ax.annotate(tag, (r.labels_used, r.new_accuracy), fontsize=7)
     ax.set_xlabel("feedback labels used")
     ax.set_ylabel("accuracy (held-out validation)")
-    ax.set_title("drift-bench: champion accuracy after each published version")
+    ax.set_title("drift-bench: accuracy after each retrain (dashed: that round's candidate)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
