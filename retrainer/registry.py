@@ -203,8 +203,9 @@ class ModelRegistry:
 
     # -- publishing --------------------------------------------------------------------------------
 
-    def object_key(self, version: str) -> str:
-        return f"{self.key_prefix}{version}/model.safetensors"
+    def object_key(self, version: str, sha256: str) -> str:
+        """Content-addressed under the version: an upload can never overwrite another version's bytes."""
+        return f"{self.key_prefix}{version}/{sha256[:16]}.safetensors"
 
     def publish(
         self,
@@ -223,8 +224,10 @@ class ModelRegistry:
 
         ``after_upload`` runs between verification and registration (tests inject a crash there).
         """
-        key = self.object_key(version)
+        if self.get(version) is not None:
+            raise RegistryError(f"version {version} already exists; versions are immutable")
         digest = sha256_hex(data)
+        key = self.object_key(version, digest)
         self.store.put(MODELS_BUCKET, key, data)
         if sha256_hex(self.store.get(MODELS_BUCKET, key, max_bytes=MAX_WEIGHTS_BYTES)) != digest:
             raise RegistryError(f"{version}: s3://{MODELS_BUCKET}/{key} does not read back as uploaded")

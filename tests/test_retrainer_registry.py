@@ -14,7 +14,7 @@ from ingest.settings import StackSettings
 from ingest.storage import S3Store
 from retrainer.__main__ import main as retrainer_main
 from retrainer.models_cli import register_default
-from retrainer.registry import MODELS_BUCKET, Announcer, ModelRegistry, RegistryError
+from retrainer.registry import MODELS_BUCKET, Announcer, ModelRegistry, RegistryError, sha256_hex
 from tests.kafka_helpers import end_offsets, read_all
 from tests.retrainer_helpers import isolated_schema, models_topic
 from tests.scorer_helpers import make_weights
@@ -103,7 +103,10 @@ def test_crash_between_upload_and_register_changes_nothing(
     assert [(r.version, r.status) for r in registry.versions()] == [("v-a", "champion")]
     assert [m.version for m in announcements(stack, mtopic)] == ["v-a"]
     # the uploaded object is unreferenced, and reconcile has nothing to re-announce
-    assert S3Store(registry.stack.s3).stat(MODELS_BUCKET, registry.object_key("v-b")).size > 0
+    key = registry.object_key("v-b", sha256_hex(path.read_bytes()))
+    assert S3Store(registry.stack.s3).stat(MODELS_BUCKET, key).size > 0
+    with pytest.raises(RegistryError):  # versions are immutable: no second upload under a registered name
+        publish(registry, path, "v-a")
     assert registry.reconcile() is False
 
 
