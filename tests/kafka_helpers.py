@@ -38,12 +38,25 @@ def kafka_reachable(stack: StackSettings) -> str | None:
 
 
 def create_topics(stack: StackSettings, partitions: dict[str, int]) -> None:
+    """Create topics and wait until clients see every partition: a consumer group that joins before the
+    metadata is there gets an empty first assignment and has to rebalance again, which makes tests slow
+    and, on a loaded machine, flaky."""
     admin = make_admin(stack.kafka)
     try:
         admin.create_topics([NewTopic(n, p, 1) for n, p in partitions.items()])
         wait_until(lambda: set(partitions) <= set(admin.list_topics()), 30, f"topics {list(partitions)}")
     finally:
         admin.close()
+    consumer = KafkaConsumer(**stack.kafka.client_kwargs())
+    try:
+
+        def visible() -> bool:
+            consumer.topics()  # refreshes the cluster metadata
+            return all(len(consumer.partitions_for_topic(n) or ()) == p for n, p in partitions.items())
+
+        wait_until(visible, 30, f"metadata for {list(partitions)}", interval=0.2)
+    finally:
+        consumer.close()
 
 
 def delete_topics(stack: StackSettings, names: list[str]) -> None:
