@@ -1,5 +1,5 @@
-"""``python -m retrainer {train,evaluate,sweep,models,run,worker,retrain-now}``: entry point; the only place
-logging handlers are set."""
+"""``python -m retrainer {train,evaluate,sweep,models,run,worker,retrain-now,drift-bench}``: entry point; the
+only place logging handlers are set."""
 
 from __future__ import annotations
 
