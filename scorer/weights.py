@@ -85,6 +85,7 @@ def save_weights(path: str | os.PathLike[str], model: nn.Module, meta: ModelMeta
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={META_KEY: meta.to_json(), "format": "pt"})
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; weights are read by other users/containers
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
