@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from ingest.settings import StackSettings, load
@@ -36,7 +37,12 @@ def _add_drift(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser(
         "drift-bench", help="end-to-end drift experiment on the real stack (own topics/schema)"
     )
-    p.add_argument("--data", default=d.data, help="CIFAKE folder or zip")
+    p.add_argument(
+        "--data",
+        default=os.environ.get("CIFAKE_RETRAINER_BASE_DATA", d.data),
+        required=not (os.environ.get("CIFAKE_RETRAINER_BASE_DATA") or d.data),
+        help="CIFAKE folder or zip (default: $CIFAKE_RETRAINER_BASE_DATA)",
+    )
     p.add_argument(
         "--old-categories",
         default=",".join(map(str, d.old_categories)),

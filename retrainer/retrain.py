@@ -153,6 +153,11 @@ def base_sets(
 ) -> tuple[CifakeSplit, CifakeSplit]:
     """(replay sample of base train, base validation subsample), both seeded; val is the champion's split,
     both restricted to ``categories`` when given."""
+    if not data:
+        raise ValueError(
+            "no base training data configured: set CIFAKE_RETRAINER_BASE_DATA (or --data) to the CIFAKE "
+            "archive, a zip or a folder with train/REAL and train/FAKE"
+        )
     ds = load_split(data, "train")
     if meta.data_fingerprint and meta.data_fingerprint != ds.fingerprint:
         logger.warning(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
@@ -12,7 +10,9 @@ from ingest.fetch import FetchSettings
 from ingest.settings import ServiceSettings
 from ingest.topics import MODELS_PUBLISHED, MODERATION_FEEDBACK
 
-DEFAULT_BASE_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifake-train.zip")
+# No built-in dataset location: users point the retrainer at their own copy of the public CIFAKE archive
+# (a zip or a folder with train/ and test/) with CIFAKE_RETRAINER_BASE_DATA or --data.
+DEFAULT_BASE_DATA = ""
 
 
 class GateSettings(BaseModel):
