@@ -30,6 +30,7 @@ def _write_json(path: str, doc: dict[str, Any]) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are published results
     os.replace(tmp, out)
 
 
