@@ -180,7 +180,11 @@ def _print_table(rows: list[tuple[str, str, float, str]], ids: dict[str, Sample]
     print("-" * 80)
     print("verdicts: " + ", ".join(f"{k}={v}" for k, v in sorted(labels.items())))
     if known:
-        print(f"accuracy on the {known} images with a known label and a decided verdict: {right / known:.1%}")
+        print(
+            f"accuracy on the {known} images with a known label and a decided verdict: {right / known:.1%}"
+            " (if these come from the training archive, most were seen in training: the held-out"
+            " validation figures are in the README)"
+        )
 
 
 def _print_metrics(url: str) -> None:
