@@ -9,22 +9,18 @@ bucket after checking its sha256; a version known nowhere is a permanent error
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 
 from explainer.cam import CamExplainer, Method
 from explainer.sink import ExplanationSink
-from ingest.contracts import parse_s3_ref
 from ingest.errors import PermanentError
 from ingest.storage import ObjectStore
 from scorer.engine import ServingModel
-from scorer.hotswap import MAX_WEIGHTS_BYTES, MODELS_BUCKET
+from scorer.hotswap import fetch_verified_model
 
 logger = logging.getLogger(__name__)
 
@@ -54,27 +50,11 @@ def load_registered(
         raise PermanentError(
             f"model version {version!r} is neither served nor in the models registry", "unknown_model_version"
         )
-    bucket, key = MODELS_BUCKET, reg.object_key
-    if key.startswith("s3://"):
-        bucket, key = parse_s3_ref(key)
     try:
-        data = store.get(bucket, key, max_bytes=MAX_WEIGHTS_BYTES)
+        return fetch_verified_model(store, reg.object_key, reg.sha256, version, device, code_prefix="model_")
     except PermanentError as e:
-        raise PermanentError(f"model {version}: {e.reason}", "model_unavailable") from e
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != reg.sha256:
-        raise PermanentError(
-            f"model {version}: sha256 of s3://{bucket}/{key} is {digest[:12]}..., registry says "
-            f"{reg.sha256[:12]}...",
-            "model_sha256_mismatch",
-        )
-    with tempfile.TemporaryDirectory(prefix="cifake-explainer-model-") as tmp:
-        path = Path(tmp) / "weights.safetensors"
-        path.write_bytes(data)
-        try:
-            return ServingModel.load(path, device, version=version)
-        except Exception as e:  # a corrupt or foreign file
-            raise PermanentError(f"model {version}: weights do not load: {e}", "model_unloadable") from e
+        code = e.code if e.code in {"model_sha256_mismatch", "model_unloadable"} else "model_unavailable"
+        raise PermanentError(f"model {version}: {e.reason}", code) from e
 
 
 class ModelCache:

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter
 
@@ -156,22 +157,38 @@ class ModelWatcher:
             return
 
     def _fetch_and_load(self, msg: ModelPublished) -> ServingModel:
-        bucket, key = MODELS_BUCKET, msg.object_key
-        if key.startswith("s3://"):
-            bucket, key = parse_s3_ref(key)
-        data = self.store.get(bucket, key, max_bytes=MAX_WEIGHTS_BYTES)
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != msg.sha256:
+        return fetch_verified_model(self.store, msg.object_key, msg.sha256, msg.version, self.device)
+
+
+def fetch_verified_model(
+    store: ObjectStore,
+    object_key: str,
+    sha256: str,
+    version: str,
+    device: str | torch.device,
+    code_prefix: str = "",
+) -> ServingModel:
+    """Download weights (a key in bucket ``models`` or an s3:// ref), check their sha256, load them.
+
+    A wrong hash or unloadable file is a ``PermanentError`` coded ``<code_prefix>sha256_mismatch`` /
+    ``<code_prefix>unloadable``; store errors propagate unchanged for the caller to classify.
+    """
+    bucket, key = MODELS_BUCKET, object_key
+    if key.startswith("s3://"):
+        bucket, key = parse_s3_ref(key)
+    data = store.get(bucket, key, max_bytes=MAX_WEIGHTS_BYTES)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise PermanentError(
+            f"sha256 of s3://{bucket}/{key} is {digest[:12]}..., expected {sha256[:12]}...",
+            code=code_prefix + "sha256_mismatch",
+        )
+    with tempfile.TemporaryDirectory(prefix="cifake-model-") as tmp:
+        path = Path(tmp) / "weights.safetensors"
+        path.write_bytes(data)
+        try:
+            return ServingModel.load(path, device, version=version)
+        except Exception as e:  # a corrupt or foreign file: safetensors/metadata/shape errors
             raise PermanentError(
-                f"sha256 of s3://{bucket}/{key} is {digest[:12]}..., announcement says {msg.sha256[:12]}...",
-                code="sha256_mismatch",
-            )
-        with tempfile.TemporaryDirectory(prefix="cifake-model-") as tmp:
-            path = Path(tmp) / "weights.safetensors"
-            path.write_bytes(data)
-            try:
-                return ServingModel.load(path, self.device, version=msg.version)
-            except Exception as e:  # a corrupt or foreign file: safetensors/metadata/shape errors
-                raise PermanentError(
-                    f"weights do not load: {type(e).__name__}: {e}", code="unloadable"
-                ) from e
+                f"weights do not load: {type(e).__name__}: {e}", code=code_prefix + "unloadable"
+            ) from e
