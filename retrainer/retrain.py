@@ -47,6 +47,7 @@ from retrainer.perturb import PERTURBATIONS
 from retrainer.registry import ModelRecord, ModelRegistry, Trigger
 from retrainer.settings import GateSettings, RetrainerSettings, TrainBudget
 from retrainer.train import ThreadTuner, TrainConfig, augment_batch, lr_at, make_optimizer, train_step
+from scorer.drift import META_KEY, reference_histogram
 from scorer.infer import p_fake_from_logits, predict_logits
 from scorer.weights import ModelMeta, load_weights, save_weights
 
@@ -186,6 +187,12 @@ def accuracy(model: nn.Module, meta: ModelMeta, images: np.ndarray, labels: np.n
         return None
     p = p_fake_from_logits(predict_logits(model, images, meta.mean, meta.std, device=torch.device("cpu")))
     return float(((p >= meta.threshold).astype(np.int64) == labels).mean())
+
+
+def validation_reference(model: nn.Module, meta: ModelMeta, val: CifakeSplit) -> dict[str, list[float]]:
+    """The p_fake histogram of ``model`` on base validation, stored in its metadata for drift monitoring."""
+    p = p_fake_from_logits(predict_logits(model, val.images, meta.mean, meta.std, device=torch.device("cpu")))
+    return reference_histogram(p)
 
 
 def robustness(
@@ -375,7 +382,8 @@ def retrain_once(
             meta,
             version=version,
             parent_version=champion.version,
-            metrics=metrics,
+            # Their validation p_fake histogram travels in the weights: the scorers' drift reference.
+            metrics=metrics | {META_KEY: validation_reference(candidate, meta, base_val)},
             train_config={
                 "budget": budget.model_dump(),
                 "gate": settings.gate.model_dump(),

@@ -26,6 +26,7 @@ from retrainer.augment import jpeg_bank, random_flip_translate
 from retrainer.checkpoint import load_checkpoint, save_checkpoint
 from retrainer.data import CifakeSplit, dedup_index, load_split, split_train_val
 from retrainer.metrics import auroc, best_threshold, ece, fit_temperature, nll
+from scorer.drift import META_KEY, reference_histogram
 from scorer.infer import memory_format, p_fake_from_logits, pick_device, predict_logits
 from scorer.models import count_params, create_model, final_linear
 from scorer.preprocess import DEFAULT_MEAN, DEFAULT_STD, normalize_uint8
@@ -275,6 +276,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         loss_sum, n_seen = 0.0, 0
         # Only time spent in training steps counts towards the budget, not validation or checkpoints.
         epoch_start, elapsed_before = time.perf_counter(), state["elapsed"]
+        lr = 0.0
         for b in range(steps_per_epoch):
             elapsed = elapsed_before + time.perf_counter() - epoch_start
             progress = state["step"] / total_steps
@@ -313,7 +315,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             step=state["step"],
             train_loss=loss_sum / max(1, n_seen),
             elapsed_s=round(state["elapsed"], 1),
-            lr=lr_at(min(1.0, state["step"] / total_steps), cfg),
+            lr=lr,  # the rate actually used last (the schedule may follow the clock, not steps)
         )
         state["history"].append(row)
         logger.info("epoch %d: %s", epoch + 1, json.dumps({k: round(v, 5) for k, v in row.items()}))
@@ -364,6 +366,8 @@ def _finalize(
         "epochs_run": state["epoch"],
         "steps": state["step"],
         "train_wall_s": round(state["elapsed"], 1),
+        # The scorers' drift reference (scorer/drift.py): live p_fake is compared with this histogram.
+        META_KEY: reference_histogram(p),
     }
     version = cfg.version or f"{cfg.arch}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}"
     meta = ModelMeta(

@@ -24,6 +24,7 @@ from ingest.fetch import Fetcher
 from ingest.loop import Batch, Record
 from ingest.storage import ObjectStore
 from ingest.topics import IMAGES_VERDICTS
+from scorer.drift import PfakeDrift
 from scorer.engine import ServingModel, label_for
 from scorer.sink import ImageRow, VerdictSink
 
@@ -38,6 +39,7 @@ class ScorerMetrics:
     stage_seconds: Histogram
     e2e_seconds: Histogram
     model_info: Gauge
+    drift: PfakeDrift
 
     @classmethod
     def create(cls, registry: CollectorRegistry, app: str = "scorer") -> ScorerMetrics:
@@ -63,6 +65,7 @@ class ScorerMetrics:
             model_info=Gauge(
                 f"{app}_model_info", "The serving model (value 1)", ["version", "arch"], registry=registry
             ),
+            drift=PfakeDrift(registry, app),
         )
 
 
@@ -110,6 +113,7 @@ class ScoreHandler:
     def _show_model(self) -> None:
         self.metrics.model_info.clear()
         self.metrics.model_info.labels(self.model.version, self.model.meta.arch).set(1)
+        self.metrics.drift.reset(self.model.version, self.model.meta.metrics)
 
     def _maybe_swap(self) -> None:
         new = self.next_model()
@@ -231,3 +235,4 @@ class ScoreHandler:
         for v in verdicts:
             m.verdicts.labels(v.label, v.model_version).inc()
             m.e2e_seconds.observe(max(0.0, (now - v.submitted_at).total_seconds()))
+        m.drift.observe([v.p_fake for v in verdicts])
