@@ -8,6 +8,8 @@ STACK := deploy/stack
 setup:
 	deploy/setup-python
 	deploy/setup-browser
+	deploy/setup-promtool >/dev/null
+	deploy/setup-kubeconform >/dev/null
 	$(STACK) install
 
 stack-up: setup
