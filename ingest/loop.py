@@ -168,6 +168,7 @@ class ConsumerLoop:
         self.config = config
         self.metrics = metrics
         self._stop = threading.Event()
+        self._lag_reported: set[tuple[str, str]] = set()  # (topic, partition) labels this member has set
         self._signals = 0
 
     # -- shutdown ------------------------------------------------------------------------------
@@ -384,7 +385,14 @@ class ConsumerLoop:
     def _update_lag(self) -> None:
         if not self.metrics:
             return
-        for tp in self.consumer.assignment():
+        assigned = self.consumer.assignment()
+        # After a rebalance, drop partitions this member no longer owns: their new owner reports them, and a
+        # stale value here would keep a lag alert firing (or hide one) forever.
+        for topic, partition in self._lag_reported - {(tp.topic, str(tp.partition)) for tp in assigned}:
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(topic, partition)
+            self._lag_reported.discard((topic, partition))
+        for tp in assigned:
             try:
                 high = self.consumer.highwater(tp)
                 pos = self.consumer.position(tp, timeout_ms=1000)
@@ -392,6 +400,7 @@ class ConsumerLoop:
                 continue
             if high is not None and pos is not None:
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
+                self._lag_reported.add((tp.topic, str(tp.partition)))
 
     def _close_consumer(self) -> None:
         with contextlib.suppress(Exception):
