@@ -195,7 +195,8 @@ def test_lag_of_partitions_lost_in_a_rebalance_is_no_longer_reported() -> None:
 
     registry = CollectorRegistry()
     consumer = make([[b"a", b"b"], [b"c"]])
-    loop = ConsumerLoop(consumer, FakeProducer(), lambda batch: None, config(), LoopMetrics.create("test", registry))
+    metrics = LoopMetrics.create("test", registry)
+    loop = ConsumerLoop(consumer, FakeProducer(), lambda batch: None, config(), metrics)
 
     def lag(partition: int) -> float | None:
         return registry.get_sample_value(
