@@ -41,7 +41,16 @@ _S3_REF = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<ke
 ImageId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
 ModelVersion = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:+-]*$")]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-ShortText = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text and jsonb cannot hold NUL: such a record would fail its whole batch at the sink.
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    return value
+
+
+ShortText = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_no_nul)]
 
 
 def utcnow() -> datetime:
@@ -52,6 +61,7 @@ def _bounded_metadata(value: dict[str, str]) -> dict[str, str]:
     if len(value) > MAX_METADATA_ITEMS:
         raise ValueError(f"metadata has {len(value)} items, at most {MAX_METADATA_ITEMS} allowed")
     for k, v in value.items():
+        _no_nul(k + v)
         if not k or len(k) > MAX_METADATA_KEY:
             raise ValueError(f"metadata key length must be 1..{MAX_METADATA_KEY}")
         if len(v) > MAX_METADATA_VALUE:
@@ -148,7 +158,7 @@ class Feedback(Contract):
     image_id: ImageId
     label: Literal["real", "fake"]
     moderator: ShortText
-    note: str | None = Field(default=None, max_length=2000)
+    note: Annotated[str, AfterValidator(_no_nul)] | None = Field(default=None, max_length=2000)
     labelled_at: AwareDatetime
 
 

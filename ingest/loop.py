@@ -43,6 +43,9 @@ from ingest.topics import dlq_topic
 logger = logging.getLogger(__name__)
 
 MAX_REASON = 4000
+# Bytes of the original record a dead letter keeps. Base64 of a record near Kafka's default 1 MiB message
+# limit would not fit in a dead letter, and a dead letter that cannot be sent blocks its partition forever.
+MAX_DEAD_LETTER_PAYLOAD = 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -338,15 +341,20 @@ class ConsumerLoop:
                 self.producer.send(topic, value=value, key=key)
             for f in batch.failures.values():
                 r = f.record
+                payload, reason = r.value or b"", f.reason
+                if len(payload) > MAX_DEAD_LETTER_PAYLOAD:
+                    # The head is kept; topic/partition/offset still locate the whole record.
+                    note = f"[payload truncated from {len(payload)} to {MAX_DEAD_LETTER_PAYLOAD} bytes] "
+                    payload, reason = payload[:MAX_DEAD_LETTER_PAYLOAD], (note + reason)[:MAX_REASON]
                 letter = DeadLetter(
-                    payload_b64=base64.b64encode(r.value or b"").decode(),
+                    payload_b64=base64.b64encode(payload).decode(),
                     key_b64=base64.b64encode(r.key).decode() if r.key is not None else None,
                     topic=r.topic,
                     partition=r.partition,
                     offset=r.offset,
                     error_class=f.error_class,
                     code=f.code,
-                    reason=f.reason,
+                    reason=reason,
                     attempts=attempt,
                     service=self.config.service,
                     failed_at=utcnow(),

@@ -9,6 +9,7 @@ Each entry reads its bytes lazily, so a large folder is never held in memory at 
 from __future__ import annotations
 
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,14 @@ class Collected:
 
 def _zip_reader(path: Path, member: str) -> Callable[[], bytes]:
     def read() -> bytes:
-        with zipfile.ZipFile(path) as zf:
-            return zf.read(member)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return zf.read(member)
+        # A member can lie about its size (bad CRC), be encrypted (RuntimeError), use an unknown method
+        # (NotImplementedError) or hold a corrupt stream: each is this member's problem, reported as an
+        # unreadable file (OSError), never the end of the whole run.
+        except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as e:
+            raise OSError(f"unreadable zip member: {type(e).__name__}: {e}") from e
 
     return read
 

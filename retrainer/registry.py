@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,6 +48,10 @@ _COLUMNS = (
     "version, parent, sha256, object_key, metrics, status, trigger, created_at, data, reasons, "
     "promoted_at, rolled_back_at, announced_at"
 )
+
+
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}")  # as ingest.contracts.ModelVersion
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class RegistryError(Exception):
@@ -204,7 +209,13 @@ class ModelRegistry:
     # -- publishing --------------------------------------------------------------------------------
 
     def object_key(self, version: str, sha256: str) -> str:
-        """Content-addressed under the version: an upload can never overwrite another version's bytes."""
+        """Content-addressed under the version: an upload can never overwrite another version's bytes.
+
+        ``version`` must be one path segment (the contracts' ``ModelVersion``) so the key stays under
+        ``key_prefix``: a version read from a weights file's metadata is not trusted to be one.
+        """
+        if not _VERSION.fullmatch(version) or not _SHA256.fullmatch(sha256):
+            raise RegistryError(f"invalid model version {version[:80]!r}: letters, digits and . _ : + - only")
         return f"{self.key_prefix}{version}/{sha256[:16]}.safetensors"
 
     def publish(

@@ -69,7 +69,7 @@ def delete_topics(stack: StackSettings, names: list[str]) -> None:
         admin.close()
 
 
-def produce(stack: StackSettings, topic: str, items: Iterable[tuple[bytes | None, bytes]]) -> int:
+def produce(stack: StackSettings, topic: str, items: Iterable[tuple[bytes | None, bytes | None]]) -> int:
     producer = make_producer(stack.kafka)
     n = 0
     try:

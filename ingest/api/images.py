@@ -283,10 +283,17 @@ def image_report(st: AppState, image_id: str) -> ImageOut | None:
 
 
 def explanation_location(st: AppState, key: str) -> tuple[str, str]:
-    """(bucket, key) of an explanation artefact: a bare key lives in the explanations bucket."""
-    if key.startswith("s3://"):
-        return parse_s3_ref(key)
-    return st.settings.explanations_bucket, key
+    """(bucket, key) of an explanation artefact: a bare key lives in the explanations bucket.
+
+    ``ValueError`` for a key outside that bucket or with relative segments: links and previews are
+    handed out for explanation artefacts only, whatever a row in ``explanations`` says.
+    """
+    bucket, obj = parse_s3_ref(
+        key if key.startswith("s3://") else f"s3://{st.settings.explanations_bucket}/{key}"
+    )
+    if bucket != st.settings.explanations_bucket:
+        raise ValueError(f"bucket {bucket!r} does not hold explanations")
+    return bucket, obj
 
 
 def presign_keys(st: AppState, keys: dict[str, str]) -> dict[str, str]:
