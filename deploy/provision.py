@@ -1,12 +1,17 @@
 """Idempotent provisioning of the stack `deploy/stack up` starts: Kafka topics, MinIO buckets, SQL schema.
 
-    python -m deploy.provision [--env-file PATH] [--partitions N]
+    python -m deploy.provision [--env-file PATH] [--partitions N] [--replication N]
 
 Connection settings come from the stack's env file (`$CIFAKE_STACK_DIR/env`, default `.stack/env`); the
 process environment only fills keys the file lacks. Running it again changes nothing: existing topics and
 buckets are kept (a topic with fewer partitions than asked is grown; partitions are never removed), and each
 migration in `deploy/migrations/NNNN_name.sql` is applied once, in its own transaction, and recorded in
 `schema_migrations`.
+
+Topics are replicated on min(3, brokers) nodes (``--replication`` overrides; `deploy/stack` passes its node
+count's value) with ``min.insync.replicas`` 2 at replication 3 and 1 below, so that with three brokers an
+``acks=all`` write survives the loss of any one of them and writes go on while one is down. An existing
+topic's ``min.insync.replicas`` is brought to that value; its replication factor is never changed.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
-from kafka.admin import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import TopicAlreadyExistsError
 from minio import Minio
 from psycopg2 import sql
@@ -121,25 +126,52 @@ def topic_plan(partitions: int) -> dict[str, int]:
     return plan
 
 
-def ensure_topics(admin: Any, plan: Mapping[str, int]) -> list[str]:
-    """Create missing topics and grow short ones; returns one line per change."""
-    brokers = admin.describe_cluster()["brokers"]
-    replication = min(3, len(brokers))  # one broker today; three once the stack can start more
-    existing = {
-        t["name"]: len(t["partitions"]) for t in admin.describe_topics() if t.get("error_code", 0) == 0
-    }
+def min_insync_replicas(replication: int) -> int:
+    """Acknowledged writes need this many replicas: a majority of 3 (any one broker may be lost), else 1."""
+    return replication - 1 if replication >= 3 else 1
+
+
+def ensure_topics(admin: Any, plan: Mapping[str, int], replication: int | None = None) -> list[str]:
+    """Create missing topics and grow short ones; returns one line per change.
+
+    ``replication`` defaults to min(3, brokers in the cluster now).
+    """
+    if replication is None:
+        replication = min(3, len(admin.describe_cluster()["brokers"]))
+    if replication < 1:
+        raise ValueError(f"replication must be >= 1, got {replication}")
+    min_isr = str(min_insync_replicas(replication))
+    described = [t for t in admin.describe_topics() if t.get("error_code", 0) == 0]
+    existing = {t["name"]: len(t["partitions"]) for t in described}
     changes: list[str] = []
     missing = {name: count for name, count in plan.items() if name not in existing}
     if missing:
         request = {
-            name: {"num_partitions": count, "replication_factor": replication}
+            name: {
+                "num_partitions": count,
+                "replication_factor": replication,
+                "configs": {"min.insync.replicas": min_isr},
+            }
             for name, count in missing.items()
         }
         try:
             admin.create_topics(request)
         except TopicAlreadyExistsError:
             logger.info("another provisioner created some topics concurrently")
-        changes += [f"created topic {name} ({count} partitions)" for name, count in missing.items()]
+        changes += [
+            f"created topic {name} ({count} partitions, replicas {replication}, min.insync {min_isr})"
+            for name, count in missing.items()
+        ]
+    changes += _ensure_min_isr(admin, [name for name in plan if name in existing], min_isr)
+    for t in described:
+        replicas = min((len(p["replica_nodes"]) for p in t["partitions"]), default=replication)
+        if t["name"] in plan and replicas < replication:
+            logger.warning(
+                "topic %s has %d replicas, fewer than the %d asked; left as is (reset the stack for more)",
+                t["name"],
+                replicas,
+                replication,
+            )
     grow = {name: count for name, count in plan.items() if name in existing and existing[name] < count}
     if grow:
         admin.create_partitions(grow)
@@ -153,6 +185,26 @@ def ensure_topics(admin: Any, plan: Mapping[str, int]) -> list[str]:
             )
     admin.wait_for_topics(list(plan), timeout_ms=30_000)
     return changes
+
+
+def _ensure_min_isr(admin: Any, topics: list[str], min_isr: str) -> list[str]:
+    """Set ``min.insync.replicas`` on existing topics whose value differs (the broker default included)."""
+    if not topics:
+        return []
+    wanted = {"min.insync.replicas": None}
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name, wanted) for name in topics]
+    described = admin.describe_configs(resources, config_filter="all")
+    current = {
+        name: str((entries.get("min.insync.replicas") or {}).get("value"))
+        for name, entries in described.get("topic", {}).items()
+    }
+    stale = [name for name in topics if current.get(name) != min_isr]
+    if not stale:
+        return []
+    admin.alter_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name, {"min.insync.replicas": min_isr}) for name in stale]
+    )
+    return [f"set min.insync.replicas={min_isr} on topic {name}" for name in stale]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -267,12 +319,12 @@ def apply_migrations(dsn: str, migrations: Iterable[Migration]) -> list[str]:
 # ----------------------------------------------------------------------------------------------------
 
 
-def provision(env: StackEnv, partitions: int) -> list[str]:
+def provision(env: StackEnv, partitions: int, replication: int | None = None) -> list[str]:
     """Bring topics, buckets and schema to the declared state; returns what changed (empty if nothing)."""
     changes: list[str] = []
-    admin = KafkaAdminClient(bootstrap_servers=env.bootstrap_servers, client_id="cifake-provision")
+    admin = KafkaAdminClient(bootstrap_servers=env.bootstrap_servers.split(","), client_id="cifake-provision")
     try:
-        changes += ensure_topics(admin, topic_plan(partitions))
+        changes += ensure_topics(admin, topic_plan(partitions), replication)
     finally:
         admin.close()
     s3 = Minio(
@@ -298,11 +350,17 @@ def main(argv: list[str] | None = None) -> int:
         help=f"partitions per topic (default: $CIFAKE_PARTITIONS or {DEFAULT_PARTITIONS}); "
         "models.published always has 1",
     )
+    parser.add_argument(
+        "--replication",
+        type=int,
+        default=None,
+        help="replicas per topic partition (default: min(3, brokers in the cluster))",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="provision: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     env = load_stack_env(args.env_file or default_env_file())
-    changes = provision(env, args.partitions)
+    changes = provision(env, args.partitions, args.replication)
     for change in changes:
         logger.info("%s", change)
     logger.info(

@@ -31,13 +31,19 @@ def make_consumer(
 
 
 def make_producer(kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
-    """An idempotent producer that waits for all in-sync replicas: a flushed send is durable."""
+    """An idempotent producer that waits for all in-sync replicas: a flushed send is durable.
+
+    Retries are not counted but bounded in time (kafka-python's ``delivery_timeout_ms``, 120 s): while a
+    broker dies and its partitions get new leaders, or the in-sync set is briefly short of
+    ``min.insync.replicas``, a send keeps retrying instead of failing after a few quick attempts; callers
+    bound their own wait (``flush(timeout)``, ``future.get(timeout)``). Idempotence keeps the retries from
+    writing a record twice.
+    """
     kw: dict[str, Any] = {
         **kafka.client_kwargs(),
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
-        "retries": 5,
     }
     kw.update(overrides)
     return KafkaProducer(**kw)
