@@ -208,7 +208,7 @@ class ConsumerLoop:
         Always commits the last completed batch and closes both clients before returning.
         """
         stats = RunStats()
-        attempts = 0
+        attempts = poll_failures = 0
         with contextlib.ExitStack() as stack:
             stack.callback(self._close_producer)
             stack.callback(self._close_consumer)
@@ -221,7 +221,17 @@ class ConsumerLoop:
                 if remaining is not None and remaining <= 0:
                     stats.stopped_by = "max_records"
                     break
-                records = self._poll_batch(remaining)
+                try:
+                    records = self._poll_batch(remaining)
+                except Exception as e:
+                    # kafka-python raises from poll() while the broker is unreachable (the coordinator
+                    # lookup fails). Nothing was handed out, so nothing is lost: wait and poll again.
+                    if not is_transient(e):
+                        raise
+                    poll_failures += 1
+                    self._poll_backoff(e, poll_failures)
+                    continue
+                poll_failures = 0
                 if not records:
                     if idle_timeout is not None and time.monotonic() - last_activity >= idle_timeout:
                         stats.stopped_by = "idle_timeout"
@@ -274,7 +284,12 @@ class ConsumerLoop:
                 timeout_ms = int((deadline - time.monotonic()) * 1000)
                 if timeout_ms <= 0:
                     break
-            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=cap - len(records))
+            try:
+                polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=cap - len(records))
+            except Exception as e:
+                if records and is_transient(e):
+                    break  # hand out what already arrived; the next poll meets the outage and backs off
+                raise
             for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):
                 for m in polled[tp]:
                     records.append(Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp or 0))
@@ -283,6 +298,15 @@ class ConsumerLoop:
             if deadline is None:
                 deadline = time.monotonic() + self.config.max_wait_ms / 1000
         return records
+
+    def _poll_backoff(self, e: BaseException, failures: int) -> None:
+        delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (failures - 1))
+        logger.warning(
+            "poll failed (attempt %d), retrying in %.1fs: %s: %s", failures, delay, type(e).__name__, e
+        )
+        if self.metrics:
+            self.metrics.transient_errors.labels(type(e).__name__).inc()
+        self._stop.wait(delay)
 
     def _process(self, records: list[Record], attempt: int, stats: RunStats) -> None:
         started = time.monotonic()

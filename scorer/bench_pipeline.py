@@ -10,6 +10,8 @@ Phases, all in one run on the same machine (last stdout line is one JSON object)
 5. fixed-rate load (``--rate``, default half of phase 2's throughput) for ``--duration`` seconds
    against a warm scorer; latency is submit time -> the verdict message arriving on images.verdicts.
 
+``--soak SECONDS`` runs a long fixed-rate load instead (memory, p99, lag over time): see ``scorer/soak.py``.
+
 Images are uploaded once to the ``images`` bucket; each phase publishes references under fresh image ids
 on a topic of its own (2 partitions), so no phase re-reads another's records. Its verdicts are real rows.
 """
@@ -41,7 +43,7 @@ from PIL import Image
 from ingest.contracts import ImageSubmitted, Verdict, decode, encode, utcnow
 from ingest.db import connect
 from ingest.kafka import make_admin, make_producer
-from ingest.settings import StackSettings, load
+from ingest.settings import KafkaSettings, StackSettings, load
 from ingest.storage import S3Store
 from ingest.topics import IMAGES_VERDICTS
 from scorer.offline import iter_sources
@@ -50,7 +52,8 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _generated_images(n: int, seed: int) -> list[bytes]:
+def generated_images(n: int, seed: int) -> list[bytes]:
+    """``n`` distinct 32x32 noise JPEGs (distinct bytes, so distinct sha256 image ids)."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
@@ -59,6 +62,9 @@ def _generated_images(n: int, seed: int) -> list[bytes]:
         Image.fromarray(arr).save(buf, format="JPEG", quality=75)
         out.append(buf.getvalue())
     return out
+
+
+_generated_images = generated_images  # the name scorer/demo.py imports
 
 
 def prepare_images(n: int, data: str | None, seed: int) -> tuple[list[bytes], str]:
@@ -72,7 +78,7 @@ def prepare_images(n: int, data: str | None, seed: int) -> tuple[list[bytes], st
                 break
         if imgs:
             return imgs, f"first {len(imgs)} images of {data}"
-    return _generated_images(n, seed), f"{n} generated 32x32 JPEGs"
+    return generated_images(n, seed), f"{n} generated 32x32 JPEGs"
 
 
 def upload(store: S3Store, images: list[bytes]) -> list[str]:
@@ -84,6 +90,57 @@ def upload(store: S3Store, images: list[bytes]) -> list[str]:
             )
         )
     return keys
+
+
+def reference_message(
+    image_id: str, key: str, source: str = "bench", bucket: str = "images"
+) -> ImageSubmitted:
+    """The ``images.submitted`` record a platform sends for an object it already stored (submitted now)."""
+    return ImageSubmitted(image_id=image_id, ref=f"s3://{bucket}/{key}", submitted_at=utcnow(), source=source)
+
+
+def stable_members(kafka: KafkaSettings, group: str) -> int:
+    """Members of ``group`` once it is Stable (0 while it rebalances or does not exist)."""
+    admin = make_admin(kafka)
+    try:
+        info = admin.describe_groups([group]).get(group) or {}
+    finally:
+        admin.close()
+    return len(info.get("members") or []) if info.get("group_state") == "Stable" else 0
+
+
+class VerdictCollector:
+    """Reads ``images.verdicts`` from its current end on a thread and records, per image id starting with
+    ``prefix``, the wall-clock time its first verdict message arrived (``got``)."""
+
+    def __init__(self, stack: StackSettings, prefix: str) -> None:
+        self.prefix = prefix
+        self.got: dict[str, float] = {}
+        self._consumer = KafkaConsumer(**stack.kafka.client_kwargs(), enable_auto_commit=False)
+        tps = [
+            TopicPartition(IMAGES_VERDICTS, p)
+            for p in sorted(self._consumer.partitions_for_topic(IMAGES_VERDICTS) or [])
+        ]
+        self._consumer.assign(tps)
+        self._consumer.seek_to_end(*tps)
+        for tp in tps:
+            self._consumer.position(tp)  # resolve "end" now, before anything is published
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._collect, daemon=True, name="verdict-collector")
+        self._thread.start()
+
+    def _collect(self) -> None:
+        while not self._stop.is_set():
+            for msgs in self._consumer.poll(timeout_ms=100).values():
+                now = time.time()
+                for m in msgs:
+                    if m.key and m.key.decode().startswith(self.prefix):
+                        self.got.setdefault(decode(Verdict, m.value).image_id, now)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._consumer.close()
 
 
 class Bench:
@@ -114,22 +171,31 @@ class Bench:
         finally:
             admin.close()
 
-    def publish(
-        self, phase: str, keys: list[str], n: int, submitted_at: Callable[[], Any] = utcnow
-    ) -> list[str]:
+    def publish(self, phase: str, keys: list[str], n: int) -> list[str]:
         ids = []
         for i in range(n):
             image_id = f"bench-{self.run_id}-{phase}-{i}"
-            msg = ImageSubmitted(
-                image_id=image_id,
-                ref=f"s3://images/{keys[i % len(keys)]}",
-                submitted_at=submitted_at(),
-                source="bench",
-            )
+            msg = reference_message(image_id, keys[i % len(keys)])
             self.producer.send(self.topic, key=image_id.encode(), value=encode(msg))
             ids.append(image_id)
         self.producer.flush(timeout=60)
         return ids
+
+    def paced(self, prefix: str, keys: list[str], rate: float, n: int, sent: dict[str, float]) -> float:
+        """Publish ``n`` references at ``rate``/s (ids ``prefix<i>``), recording each send time in ``sent``;
+        returns the rate actually offered."""
+        pause = threading.Event()
+        t0 = time.monotonic()
+        for i in range(n):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                pause.wait(delay)
+            image_id = f"{prefix}{i}"
+            sent[image_id] = time.time()
+            msg = reference_message(image_id, keys[i % len(keys)])
+            self.producer.send(self.topic, key=image_id.encode(), value=encode(msg))
+        self.producer.flush(timeout=60)
+        return n / max(1e-9, time.monotonic() - t0)
 
     def start_scorer(self, group: str, max_batch: int, threads: int | None) -> subprocess.Popen[str]:
         env = {**os.environ, "CIFAKE_SCORER_FOLLOW_MODELS": "false", "PYTHONUNBUFFERED": "1"}
@@ -200,12 +266,7 @@ class Bench:
         return {"images_per_s": rate, "split": split}
 
     def _stable_members(self, group: str) -> int:
-        admin = make_admin(self.stack.kafka)
-        try:
-            info = admin.describe_groups([group]).get(group) or {}
-        finally:
-            admin.close()
-        return len(info.get("members") or []) if info.get("group_state") == "Stable" else 0
+        return stable_members(self.stack.kafka, group)
 
     @staticmethod
     def stop(procs: list[subprocess.Popen[str]]) -> list[int]:
@@ -222,57 +283,18 @@ class Bench:
     def latency(self, keys: list[str], rate: float, duration: float) -> dict[str, Any]:
         """Offer ``rate`` images/s to a warm scorer; latency = submit -> verdict message received."""
         self.new_topic("L")
-        consumer = KafkaConsumer(**self.stack.kafka.client_kwargs(), enable_auto_commit=False)
-        tps = [
-            TopicPartition(IMAGES_VERDICTS, p)
-            for p in sorted(consumer.partitions_for_topic(IMAGES_VERDICTS) or [])
-        ]
-        consumer.assign(tps)
-        consumer.seek_to_end(*tps)
-        for tp in tps:
-            consumer.position(tp)
+        prefix = f"bench-{self.run_id}-"
+        collector = VerdictCollector(self.stack, prefix)
         proc = self.start_scorer(f"bench-{self.run_id}-L", 256, None)
         sent: dict[str, float] = {}
-        got: dict[str, float] = {}
-        stop = threading.Event()
-        prefix = f"bench-{self.run_id}-"
-
-        def collect() -> None:
-            while not stop.is_set():
-                for msgs in consumer.poll(timeout_ms=100).values():
-                    now = time.time()
-                    for m in msgs:
-                        if m.key and m.key.decode().startswith(prefix):
-                            got.setdefault(decode(Verdict, m.value).image_id, now)
-
-        reader = threading.Thread(target=collect, daemon=True)
-        reader.start()
+        got = collector.got
         try:
             warm = self.publish("W", keys, 20)  # wait until the scorer has joined and scored something
             self._wait_for(lambda: all(i in got for i in warm), 120, "warm-up verdicts")
-            n = int(rate * duration)
-            t0 = time.monotonic()
-            for i in range(n):
-                target = t0 + i / rate
-                delay = target - time.monotonic()
-                if delay > 0:
-                    stop.wait(delay)
-                image_id = f"{prefix}R-{i}"
-                sent[image_id] = time.time()
-                msg = ImageSubmitted(
-                    image_id=image_id,
-                    ref=f"s3://images/{keys[i % len(keys)]}",
-                    submitted_at=utcnow(),
-                    source="bench",
-                )
-                self.producer.send(self.topic, key=image_id.encode(), value=encode(msg))
-            self.producer.flush(timeout=60)
-            offered = n / (time.monotonic() - t0)
+            offered = self.paced(f"{prefix}R-", keys, rate, int(rate * duration), sent)
             self._wait_for(lambda: all(i in got for i in sent), 120, "fixed-rate verdicts")
         finally:
-            stop.set()
-            reader.join(timeout=5)
-            consumer.close()
+            collector.close()
             self.stop([proc])
         lat = np.array([(got[i] - sent[i]) * 1e3 for i in sent])
         p50, p95, p99 = (float(np.percentile(lat, q)) for q in (50, 95, 99))
@@ -303,6 +325,10 @@ def raw_model(weights: str, device: str) -> dict[str, Any]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.soak:
+        from scorer.soak import run_soak
+
+        return run_soak(args)
     stack = load(StackSettings)
     images, described = prepare_images(args.n, args.data, args.seed)
     keys = upload(S3Store(stack.s3), images)
@@ -351,4 +377,7 @@ def add_bench_command(
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per phase")
+    from scorer.soak import add_soak_arguments
+
+    add_soak_arguments(p)
     return run_bench

@@ -136,6 +136,33 @@ def test_stop_during_transient_backoff_commits_nothing() -> None:
     assert consumer.committed == {} and stats.processed == 0 and stats.stopped_by == "stop"
 
 
+def test_poll_failing_while_the_broker_is_down_backs_off_and_loses_nothing() -> None:
+    """kafka-python's poll() raises (e.g. KafkaConnectionError) while the coordinator is unreachable;
+    the loop must wait and poll again, and records polled before the failure must still be handled."""
+    consumer = make([[b"a", b"b", b"c"]])
+    real_poll = consumer.poll
+    calls = {"n": 0}
+
+    def flaky_poll(
+        timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True
+    ) -> object:
+        calls["n"] += 1
+        if calls["n"] in (2, 3):  # after the first records arrived, then before any arrive
+            raise ConnectionError("broker unreachable")
+        return real_poll(timeout_ms, 1)
+
+    consumer.poll = flaky_poll  # type: ignore[method-assign]
+    seen: list[bytes] = []
+    stats = ConsumerLoop(
+        consumer,
+        FakeProducer(),
+        lambda b: seen.extend(r.value or b"" for r in b.records),
+        config(max_wait_ms=50),
+    ).run(max_records=3)
+    assert seen == [b"a", b"b", b"c"]
+    assert consumer.committed == {TopicPartition(TOPIC, 0): 3} and stats.processed == 3
+
+
 def test_micro_batch_respects_max_batch() -> None:
     consumer = make([[bytes([i]) for i in range(10)]])
     sizes: list[int] = []

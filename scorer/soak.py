@@ -1,0 +1,205 @@
+"""``python -m scorer bench --soak SECONDS --rate R``: a long fixed-rate load; is memory flat and lag bounded?
+
+One (or ``--scorers``) ``scorer run`` process(es) on a fresh 2-partition topic of the running stack get ``R``
+references per second for ``SECONDS``. Every ``--interval`` seconds one line reports the scorers' resident
+memory (``/proc/<pid>/status`` VmRSS), the p99 end-to-end latency of the verdicts that arrived in that
+interval (submit -> verdict message on ``images.verdicts``) and the group's consumer lag (end offsets minus
+committed offsets, sampled every second). The last stdout line is one JSON object:
+
+* ``rss_growth_pct``: RSS growth from the end of the first interval to the end of the last, the largest
+  over the scorer processes. Before the clock starts, a burst of two full micro-batches is scored, so the
+  model, the pools and the allocator have already met the largest batch a backlog can bring;
+  ``flat_memory`` = growth < ``FLAT_MEMORY_PCT``;
+* ``p99_ms_per_interval``, ``max_lag``, ``final_lag`` (the lag when the load stops);
+  ``bounded_lag`` = the lag never exceeded ``--max-lag`` (default: 30 seconds of offered load) and every
+  offered image got its verdict once the load stopped.
+
+Without ``--rate`` a backlog phase measures the scorer's throughput first and the soak offers 80% of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kafka import KafkaConsumer, TopicPartition
+
+from ingest.kafka import make_admin
+from ingest.settings import StackSettings, load
+from ingest.storage import S3Store
+from scorer.bench_pipeline import Bench, VerdictCollector, prepare_images, upload
+
+logger = logging.getLogger(__name__)
+
+FLAT_MEMORY_PCT = 5.0
+SAMPLE_S = 1.0
+MAX_BATCH = 256  # the scorer's default micro-batch
+LAG_BOUND_S = 30  # default lag bound: this many seconds of offered load
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of ``pid`` (None once it has exited)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+class LagProbe:
+    """Consumer lag of ``group`` on ``topic``: end offsets minus committed offsets, summed over partitions."""
+
+    def __init__(self, stack: StackSettings, group: str, topic: str) -> None:
+        self.group = group
+        self.admin = make_admin(stack.kafka)
+        self.consumer = KafkaConsumer(**stack.kafka.client_kwargs(), enable_auto_commit=False)
+        self.tps = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic) or [])]
+
+    def lag(self) -> int:
+        ends = self.consumer.end_offsets(self.tps)
+        committed = self.admin.list_group_offsets({self.group: None}).get(self.group) or {}
+        total = 0
+        for tp in self.tps:
+            done = committed.get(tp)
+            total += max(0, ends[tp] - (done.offset if done is not None and done.offset >= 0 else 0))
+        return total
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.admin.close()
+
+
+def _p99(latencies_ms: list[float]) -> float | None:
+    return round(float(np.percentile(latencies_ms, 99)), 1) if latencies_ms else None
+
+
+def _growth_pct(first: list[int | None], last: list[int | None]) -> float | None:
+    growths = [(b - a) / a * 100 for a, b in zip(first, last, strict=True) if a and b]
+    return round(max(growths), 2) if growths else None
+
+
+def soak(
+    bench: Bench, keys: list[str], rate: float, seconds: float, interval: float, scorers: int, max_lag: int
+) -> dict[str, Any]:
+    bench.new_topic("S")
+    prefix = f"bench-{bench.run_id}-S-"
+    group = f"bench-{bench.run_id}-S"
+    collector = VerdictCollector(bench.stack, prefix)
+    procs = [bench.start_scorer(group, MAX_BATCH, 1 if scorers > 1 else None) for _ in range(scorers)]
+    probe = LagProbe(bench.stack, group, bench.topic)
+    sent: dict[str, float] = {}
+    got = collector.got
+    pause = threading.Event()
+    try:
+        # Warm-up: a burst of full batches, so the model, the pools and the allocator have seen the largest
+        # batch before the baseline; RSS growth after it is what the soak looks for.
+        warm = bench.publish("S", keys, 2 * MAX_BATCH)
+        bench._wait_for(lambda: all(i in got for i in warm), 300, "warm-up verdicts")
+        n = int(rate * seconds)
+        publisher = threading.Thread(
+            target=bench.paced, args=(f"{prefix}R-", keys, rate, n, sent), daemon=True, name="soak-publisher"
+        )
+        t0 = time.time()
+        publisher.start()
+        rss_first: list[int | None] = []
+        rss_last: list[int | None] = []
+        p99s: list[float | None] = []
+        max_seen = lag = 0
+        boundary = t0 + interval
+        intervals = max(1, math.ceil(seconds / interval))
+        while True:
+            pause.wait(max(0.0, min(boundary, time.time() + SAMPLE_S) - time.time()))
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError("a scorer exited during the soak")
+            lag = probe.lag()
+            max_seen = max(max_seen, lag)
+            now = time.time()
+            if now < boundary:
+                continue
+            lo = boundary - interval
+            window = [
+                (at - s) * 1e3
+                for i, s in dict(sent).items()
+                if (at := got.get(i)) is not None and lo <= at < boundary
+            ]
+            rss = [rss_bytes(p.pid) for p in procs]
+            rss_first = rss_first or rss
+            rss_last = rss
+            p99s.append(_p99(window))
+            print(
+                f"soak: t={now - t0:5.0f}s rss_mb={[round((r or 0) / 2**20, 1) for r in rss]}"
+                f" p99_ms={p99s[-1]} lag={lag} max_lag={max_seen} sent={len(sent)}"
+                f" verdicts={len(got) - len(warm)}",
+                flush=True,
+            )
+            boundary += interval
+            if len(p99s) >= intervals:  # the clock, not the publisher, ends the soak: a fixed report count
+                break
+        final_lag = lag
+        publisher.join()
+        drained = True
+        try:
+            bench._wait_for(lambda: all(i in got for i in sent), 120, "the soak's verdicts")
+        except RuntimeError:
+            drained = False
+    finally:
+        collector.close()
+        probe.close()
+        bench.stop(procs)
+    growth = _growth_pct(rss_first, rss_last)
+    return {
+        "soak_s": seconds,
+        "interval_s": interval,
+        "rate": rate,
+        "offered": len(sent),
+        "scorers": scorers,
+        "rss_mb_first": [round((r or 0) / 2**20, 1) for r in rss_first],
+        "rss_mb_last": [round((r or 0) / 2**20, 1) for r in rss_last],
+        "rss_growth_pct": growth,
+        "p99_ms_per_interval": p99s,
+        "max_lag": max_seen,
+        "final_lag": final_lag,
+        "lag_bound": max_lag,
+        "drained": drained,
+        "flat_memory": growth is not None and growth < FLAT_MEMORY_PCT,
+        "bounded_lag": drained and max_seen <= max_lag and final_lag <= max_lag,
+    }
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    stack = load(StackSettings)
+    images, described = prepare_images(args.n, args.data, args.seed)
+    keys = upload(S3Store(stack.s3), images)
+    logger.info("uploaded %s", described)
+    bench = Bench(stack, args)
+    try:
+        rate = args.rate
+        measured = None
+        if not rate:
+            measured = bench.backlog("A", keys, args.n, scorers=1, max_batch=256)["images_per_s"]
+            rate = round(0.8 * measured, 1)
+            logger.info("one scorer drains %.0f images/s; soaking at 80%%: %.1f/s", measured, rate)
+        max_lag = args.max_lag if args.max_lag is not None else max(100, int(rate * LAG_BOUND_S))
+        result = soak(bench, keys, rate, args.soak, args.interval, args.scorers, max_lag)
+    finally:
+        bench.delete_topics()
+    result.update(measured_images_per_s=measured, images=described, cpus=os.cpu_count())
+    print(json.dumps(result), flush=True)
+    return 0 if result["flat_memory"] and result["bounded_lag"] else 1
+
+
+def add_soak_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--soak", type=float, help="soak mode: offer --rate images/s for this many seconds")
+    p.add_argument("--interval", type=float, default=60.0, help="soak: seconds per report line")
+    p.add_argument("--scorers", type=int, default=1, help="soak: scorer processes in the group")
+    p.add_argument("--max-lag", type=int, help="soak: lag bound (default: 30 seconds of offered load)")
