@@ -135,10 +135,16 @@ def _lines(path: Path) -> list[str]:
 
 
 def _drain_rest(stack: StackSettings, topic: str, group: str) -> list[str]:
+    """Everything after the group's committed offsets: run until that many records came, not for a fixed idle
+    time (joining the group can take longer than any idle timeout on a loaded machine)."""
+    done, end = committed(stack, group, topic), end_offsets(stack, topic)
+    pending = sum(off - done.get(p, 0) for p, off in end.items())
     rest: list[str] = []
-    make_loop(stack, topic, group, lambda b: rest.extend((r.value or b"").decode() for r in b.records)).run(
-        idle_timeout=5
-    )
+    if pending:
+        loop = make_loop(
+            stack, topic, group, lambda b: rest.extend((r.value or b"").decode() for r in b.records)
+        )
+        loop.run(max_records=pending, idle_timeout=120)
     return rest
 
 
