@@ -185,7 +185,12 @@ class CamExplainer:
             idx = target_indices(target, logits.detach())
             score = logits.gather(1, idx[:, None]).sum()  # images are independent in eval mode
             (grads,) = torch.autograd.grad(score, acts)
-            cams = _COMBINE[self.method](acts.detach(), grads).clamp(min=0)
+            cams = _COMBINE[self.method](acts.detach(), grads)
+            if len(cams) == 2 * len(x) and getattr(self.model, "tta_flip", False):
+                # A flip-TTA model (scorer.models.FastNet) ran the image and its mirror as one batch: the map
+                # of the whole decision is the mean of both branches, the mirrored one flipped back.
+                cams = (cams[: len(x)] + cams[len(x) :].flip(-1)) / 2
+            cams = cams.clamp(min=0)
         maps = normalise_maps(cams.float(), (int(x.shape[-2]), int(x.shape[-1])))
         return CamResult(
             maps.cpu().numpy().astype(np.float32, copy=False),

@@ -45,6 +45,11 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    p.add_argument(
+        "--tta-flip",
+        action="store_true",
+        help="ship the model with flip test-time augmentation (fastnet; halves inference throughput)",
+    )
     p.add_argument("--init", default=None, help="start from these weights (fine-tuning); sets parent_version")
     p.add_argument("--version", default=None, help="version string stored in the metadata")
     p.add_argument("--no-progress", action="store_true")
@@ -103,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             device=args.device,
             resume=args.resume,
+            tta_flip=args.tta_flip,
             init=args.init,
             version=args.version,
             progress=not args.no_progress,

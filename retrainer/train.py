@@ -28,7 +28,7 @@ from retrainer.data import CifakeSplit, dedup_index, load_split, split_train_val
 from retrainer.metrics import auroc, best_threshold, ece, fit_temperature, nll
 from scorer.drift import META_KEY, reference_histogram
 from scorer.infer import memory_format, p_fake_from_logits, pick_device, predict_logits
-from scorer.models import count_params, create_model, final_linear
+from scorer.models import FastNet, count_params, create_model, final_linear
 from scorer.preprocess import DEFAULT_MEAN, DEFAULT_STD, normalize_uint8
 from scorer.weights import ModelMeta, load_weights, save_weights
 
@@ -62,6 +62,9 @@ class TrainConfig:
     threads: int = 0
     device: str = "auto"
     resume: bool = False
+    # Finalise with flip test-time augmentation (FastNet only): training is unchanged; the saved model
+    # averages each image with its mirror, and temperature and threshold are fitted on that output.
+    tta_flip: bool = False
     init: str | None = None
     version: str | None = None
     progress: bool = True
@@ -347,6 +350,11 @@ def _finalize(
 ) -> TrainResult:
     """Best EMA weights -> fold the validation temperature into the head, pick the threshold, save."""
     model, _ = load_weights(out / "best.safetensors", device=device)
+    if cfg.tta_flip:
+        if not isinstance(model, FastNet):
+            raise ValueError(f"--tta-flip needs an architecture with a tta_flip option, not {cfg.arch!r}")
+        model.tta_flip = True
+        arch_kwargs = {**arch_kwargs, "tta_flip": True}
     logits = predict_logits(model, val.images, DEFAULT_MEAN, DEFAULT_STD, device=device)
     temperature = fit_temperature(logits, val.labels)
     head = final_linear(model)

@@ -219,8 +219,17 @@ class FastNet(nn.Module):
 
     cam_layer_name = "block3"
 
-    def __init__(self, widths: tuple[int, int, int, int] = (24, 32, 64, 128), dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        widths: tuple[int, int, int, int] = (24, 32, 64, 128),
+        dropout: float = 0.0,
+        tta_flip: bool = False,
+    ) -> None:
         super().__init__()
+        # Test-time augmentation baked into the architecture, so every consumer (scorer, evaluate, explainer,
+        # retrainer) gets the same function: the image and its mirror go through the trunk as one batch of 2N
+        # and their pooled features are averaged (the head is linear, so this averages the logits too).
+        self.tta_flip = tta_flip
         s, w1, w2, w3 = widths
         self.stem = conv_bn(3, s)
         self.block1 = FastBlock(s, w1)
@@ -231,17 +240,25 @@ class FastNet(nn.Module):
         self.head = nn.Linear(w3, NUM_CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(x)
+        if self.tta_flip:
+            x = torch.cat([x, x.flip(-1)])
         x = self.block3(self.block2(self.block1(self.stem(x))))
-        return self.head(self.dropout(torch.flatten(self.pool(x), 1)))
+        pooled = torch.flatten(self.pool(x), 1)
+        if self.tta_flip:
+            pooled = (pooled[:n] + pooled[n:]) / 2
+        return self.head(self.dropout(pooled))
 
 
 @register("fastnet")
-def fastnet(width: int = 32, stem: int | None = None, dropout: float = 0.0) -> nn.Module:
+def fastnet(
+    width: int = 32, stem: int | None = None, dropout: float = 0.0, tta_flip: bool = False
+) -> nn.Module:
     """FastNet with widths (stem, w, 2w, 4w); ``width`` scales the whole net."""
     # Channel counts are kept at multiples of 8: oneDNN's AVX2 kernels block channels by 8, and an odd
     # count (18) measured ~3x slower on the 2-core CPU than the next multiple.
     s = stem if stem is not None else max(16, 8 * round(3 * width / 32))
-    return FastNet((s, width, 2 * width, 4 * width), dropout)
+    return FastNet((s, width, 2 * width, 4 * width), dropout, tta_flip)
 
 
 @register("fastnet_s")

@@ -154,3 +154,19 @@ def test_capture_context_removes_its_hook_on_error() -> None:
         raise RuntimeError("boom")
     assert len(layer._forward_hooks) == 0
     assert cap.activations is None
+
+
+def test_flip_tta_model_gets_one_map_per_image_symmetric_for_a_symmetric_image() -> None:
+    import torch
+
+    from explainer.cam import CamExplainer
+    from scorer.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("fastnet", width=8, tta_flip=True).eval()
+    half = torch.randn(2, 3, 32, 16)
+    x = torch.cat([half, half.flip(-1)], dim=-1)  # mirror-symmetric images
+    result = CamExplainer(model, "gradcam").explain(x, target=1)
+    assert result.maps.shape == (2, 32, 32) and result.logits.shape == (2, 2)
+    # Both branches see the same picture mirrored, so the folded map must be mirror-symmetric too.
+    np.testing.assert_allclose(result.maps, result.maps[:, :, ::-1], atol=1e-4)

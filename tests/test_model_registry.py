@@ -75,3 +75,21 @@ def test_width_kwarg_changes_size() -> None:
     small = count_params(create_model("fastnet", width=16))
     large = count_params(create_model("fastnet", width=32))
     assert large > small
+
+
+def test_fastnet_flip_tta_averages_the_image_and_its_mirror() -> None:
+    import torch
+
+    from scorer.models import create_model
+
+    torch.manual_seed(0)
+    plain = create_model("fastnet", width=8).eval()
+    tta = create_model("fastnet", width=8, tta_flip=True).eval()
+    tta.load_state_dict(plain.state_dict())  # same parameters: the option changes only the forward pass
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        expected = (plain(x) + plain(x.flip(-1))) / 2
+        got = tta(x)
+    assert got.shape == (5, 2)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.equal(got, plain(x))  # it does change the output
