@@ -19,7 +19,7 @@ from ingest.service import build_service
 from ingest.settings import ServiceSettings, StackSettings, describe, load
 from ingest.storage import S3Store
 from ingest.topics import IMAGES_SUBMITTED, MODELS_PUBLISHED
-from scorer.engine import ServingModel
+from scorer.engine import ServingModel, warm_up
 from scorer.handler import ScoreHandler, ScorerMetrics
 from scorer.hotswap import ModelWatcher
 from scorer.sink import PostgresVerdictSink
@@ -63,6 +63,7 @@ def run_scorer(
         torch.set_num_threads(settings.threads)
     store = S3Store(stack.s3)
     model = ServingModel.load(settings.weights, settings.device)
+    logger.info("warm-up: %d batch sizes", warm_up(model, settings.max_batch))
     registry = new_registry()
     with contextlib.ExitStack() as resources:
         fetcher = Fetcher(store, settings.fetch)
