@@ -14,16 +14,15 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-import psycopg2.extensions
 from tqdm import tqdm
 
-from ingest.db import connect
+from ingest.db import OneConnection, connect
 from ingest.errors import PermanentError
 from ingest.intake import Intake, IntakeSettings
 from ingest.kafka import make_producer
@@ -48,22 +47,6 @@ class Row:
     label: str = ""
 
 
-class _Connection:
-    """One PostgreSQL connection reused for the run; each ``with`` block is a transaction."""
-
-    def __init__(self, stack: StackSettings) -> None:
-        self.conn = connect(stack.pg)
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[psycopg2.extensions.connection]:
-        try:
-            yield self.conn
-            self.conn.commit()
-        except BaseException:
-            self.conn.rollback()
-            raise
-
-
 def submit_paths(
     stack: StackSettings,
     settings: IntakeSettings,
@@ -77,7 +60,7 @@ def submit_paths(
         print(f"submit: {problem}", file=err, flush=True)
     if not found.entries:
         return []
-    conn = _Connection(stack)
+    conn = OneConnection(stack.pg)
     producer = make_producer(stack.kafka)
     intake = Intake(settings, S3Store(stack.s3), producer, conn)
     rows: list[Row] = []
@@ -103,7 +86,7 @@ def submit_paths(
             row.image_id, row.status = acc.image_id, "duplicate" if acc.duplicate else "submitted"
     finally:
         producer.close(timeout=10)
-        conn.conn.close()
+        conn.close()
     return rows
 
 

@@ -22,6 +22,7 @@ from ingest.storage import S3Store
 from ingest.topics import IMAGES_VERDICTS
 from scorer.models import create_model, list_models
 from scorer.service import ScorerSettings, run_scorer
+from scorer.sink import ImageRow
 from scorer.weights import ModelMeta, save_weights
 from tests.kafka_helpers import produce
 
@@ -159,3 +160,16 @@ class ScorerThread:
 
 def ids_for(prefix: str, n: int) -> Iterator[str]:
     return (f"{prefix}-{i}" for i in range(n))
+
+
+class MemorySink:
+    """A ``VerdictSink`` that keeps the verdicts in a list: for handler tests that need no database."""
+
+    def __init__(self) -> None:
+        self.verdicts: list[Verdict] = []
+
+    def write(self, images: list[ImageRow], verdicts: list[Verdict]) -> None:
+        self.verdicts.extend(verdicts)
+
+    def close(self) -> None:
+        pass

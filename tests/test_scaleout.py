@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,14 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg2.extensions
 import pytest
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 from pydantic import SecretStr
 
 import scorer.service
-from ingest.db import connect
+from ingest.db import OneConnection, connect
 from ingest.intake import Intake, IntakeSettings
 from ingest.kafka import make_admin, make_producer
 from ingest.service import Service
@@ -41,6 +39,7 @@ from ingest.settings import KafkaSettings, PostgresSettings, S3Settings, StackSe
 from ingest.storage import S3Store
 from ingest.topics import IMAGES_SUBMITTED
 from tests.kafka_helpers import wait_until
+from tests.private_stack import free_ports
 from tests.scorer_helpers import (
     ScorerThread,
     jpeg,
@@ -105,19 +104,6 @@ class PrivateStack:
         )
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def _describe(result: subprocess.CompletedProcess[str]) -> str:
     return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
 
@@ -134,7 +120,7 @@ def cluster() -> Iterator[PrivateStack]:
     # Not pytest's 0700 tmp root: as root, PostgreSQL runs as the `postgres` user and must reach the dir.
     state_dir = Path(tempfile.mkdtemp(prefix="cifake-scaleout-"))
     state_dir.chmod(0o755)
-    ports = _free_ports(2 * BROKERS + 3)
+    ports = free_ports(2 * BROKERS + 3)
     kafka, controllers = ports[:BROKERS], ports[BROKERS : 2 * BROKERS]
     minio, console, pg = ports[2 * BROKERS :]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIFAKE_")}
@@ -178,22 +164,6 @@ def _lagging_replicas(admin: KafkaAdminClient) -> list[str]:
             if set(p["isr_nodes"]) != set(p["replica_nodes"]):
                 out.append(f"{topic['name']}[{p['partition_index']}] isr={p['isr_nodes']}")
     return out
-
-
-class _Connection:
-    """The intake's connection factory: one connection, a transaction per `with`."""
-
-    def __init__(self, stack: StackSettings) -> None:
-        self.conn = connect(stack.pg)
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[psycopg2.extensions.connection]:
-        try:
-            yield self.conn
-            self.conn.commit()
-        except BaseException:
-            self.conn.rollback()
-            raise
 
 
 @pytest.fixture
@@ -287,7 +257,7 @@ def _submit_through_a_broker_loss(cluster: PrivateStack, stack: StackSettings, v
     while `deploy/stack up` brings it back."""
     images = [jpeg(80_000 + i) for i in range(N_IMAGES)]
     producer = make_producer(stack.kafka)
-    connection = _Connection(stack)
+    connection = OneConnection(stack.pg)
     intake = Intake(IntakeSettings(metrics_port=None), S3Store(stack.s3), producer, connection)
 
     def submit(data: bytes, phase: str) -> None:
@@ -325,7 +295,7 @@ def _submit_through_a_broker_loss(cluster: PrivateStack, stack: StackSettings, v
         run.mark("restarted")
     finally:
         producer.close(timeout=10)
-        connection.conn.close()
+        connection.close()
         if restart is not None and restart.poll() is None:  # failed mid-restart: let `up` end before reset
             restart.communicate(timeout=COMMAND_TIMEOUT_S)
     assert len(set(run.ids)) == N_IMAGES

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from ingest.contracts import ImageSubmitted, Verdict, encode, utcnow
+from ingest.contracts import ImageSubmitted, encode, utcnow
 from ingest.decode import DecodeLimits
 from ingest.fetch import Fetcher
 from ingest.loop import Batch, Record
@@ -28,10 +28,9 @@ from scorer.drift import (
 )
 from scorer.engine import ServingModel
 from scorer.handler import ScoreHandler, ScorerMetrics
-from scorer.sink import ImageRow
 from scorer.weights import ModelMeta, read_meta, save_weights
 from tests.fetch_helpers import MemoryStore
-from tests.scorer_helpers import jpeg, make_weights
+from tests.scorer_helpers import MemorySink, jpeg, make_weights
 
 # -- PSI arithmetic ---------------------------------------------------------------------------
 
@@ -172,17 +171,6 @@ def test_batch_larger_than_window() -> None:
 # -- on the scorer's registry, driven by the handler -------------------------------------------
 
 
-class _MemorySink:
-    def __init__(self) -> None:
-        self.verdicts: list[Verdict] = []
-
-    def write(self, images: list[ImageRow], verdicts: list[Verdict]) -> None:
-        self.verdicts.extend(verdicts)
-
-    def close(self) -> None:
-        pass
-
-
 _offsets = itertools.count()
 
 
@@ -206,7 +194,7 @@ def test_scorer_registry_exports_drift_and_resets_on_swap(tmp_path: Path) -> Non
     probe = ScoreHandler(
         fetcher=Fetcher(MemoryStore()),
         limits=DecodeLimits(),
-        sink=_MemorySink(),
+        sink=MemorySink(),
         store=MemoryStore(),
         model=second,
         next_model=lambda: None,
@@ -225,7 +213,7 @@ def test_scorer_registry_exports_drift_and_resets_on_swap(tmp_path: Path) -> Non
     handler = ScoreHandler(
         fetcher=Fetcher(MemoryStore()),
         limits=DecodeLimits(),
-        sink=_MemorySink(),
+        sink=MemorySink(),
         store=MemoryStore(),
         model=first,
         next_model=lambda: pending.pop() if pending else None,

@@ -11,7 +11,6 @@ import io
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ import psycopg2
 import pytest
 from kafka.admin import KafkaAdminClient
 from minio import Minio
+
+from tests.private_stack import alive, free_ports, read_env_file
 
 pytestmark = pytest.mark.integration
 
@@ -64,36 +65,10 @@ class Stack:
 
     def settings(self) -> dict[str, str]:
         """This instance's env file, as the services read it."""
-        values = {}
-        for line in (self.state_dir / "env").read_text().splitlines():
-            key, _, value = line.partition("=")
-            values[key] = value
-        return values
+        return read_env_file(self.state_dir / "env")
 
     def pids(self) -> dict[str, int]:
         return {s: int((self.state_dir / "run" / f"{s}.pid").read_text()) for s in SERVICES}
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def _alive(pid: int) -> bool:
-    """A process that exists and is not a zombie (an exited child nobody has reaped yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _children(pid: int) -> list[int]:
@@ -116,7 +91,7 @@ def second_stack() -> Iterator[Stack]:
     # Not pytest's 0700 tmp root: as root, PostgreSQL runs as the `postgres` user and must reach the dir.
     state_dir = Path(tempfile.mkdtemp(prefix="cifake-stack-test-"))
     state_dir.chmod(0o755)
-    kafka, controller, minio, console, pg = _free_ports(5)
+    kafka, controller, minio, console, pg = free_ports(5)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIFAKE_")}
     env.update(
         CIFAKE_STACK_DIR=str(state_dir),
@@ -157,7 +132,7 @@ def test_status_reports_three_healthy_services(second_stack: Stack) -> None:
         assert fields[1] == "up", result.stdout
         assert fields[2] == f"127.0.0.1:{ports[service]}"
         assert fields[-1] == str(pids[service])
-        assert _alive(pids[service])
+        assert alive(pids[service])
 
 
 def test_env_file_has_exactly_the_settings_keys(second_stack: Stack) -> None:
@@ -183,7 +158,7 @@ def test_up_again_is_a_noop(second_stack: Stack) -> None:
     assert result.returncode == 0, _describe(result)
     assert second_stack.pids() == before
     assert "starting" not in result.stderr, result.stderr
-    assert all(_alive(pid) for pid in before.values())
+    assert all(alive(pid) for pid in before.values())
 
 
 def test_topics_exist_with_configured_partitions(second_stack: Stack) -> None:
@@ -249,7 +224,7 @@ def test_down_stops_every_process_it_started(second_stack: Stack) -> None:
     assert postgres_children, "a running postmaster has background workers"
     result = second_stack.run("down")
     assert result.returncode == 0, _describe(result)
-    still_running = [pid for pid in [*pids.values(), *postgres_children] if _alive(pid)]
+    still_running = [pid for pid in [*pids.values(), *postgres_children] if alive(pid)]
     assert still_running == []
     status = second_stack.run("status")
     assert status.returncode != 0, _describe(status)
