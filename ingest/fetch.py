@@ -39,7 +39,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
@@ -149,6 +149,14 @@ class _Target:
     path: str
 
 
+def outcome(future: Future[bytes]) -> bytes | BaseException:
+    """The bytes of a finished (or running: this waits) fetch, or the exception it raised."""
+    try:
+        return future.result()
+    except Exception as e:  # per-item outcome; the caller classifies it
+        return e
+
+
 class Fetcher:
     """Fetches the bytes a message refers to; ``fetch_many`` does a batch on a bounded thread pool.
 
@@ -185,20 +193,18 @@ class Fetcher:
         if self._http is not None:
             self._http.clear()
 
+    def submit_many(self, msgs: Sequence[ImageSubmitted]) -> list[Future[bytes]]:
+        """Start fetching every message on the pool; one future per message, in order. A caller that
+        stops early should cancel the futures it no longer needs."""
+        return [self._executor.submit(self.fetch, m) for m in msgs]
+
     def fetch_many(self, msgs: Sequence[ImageSubmitted]) -> list[bytes | BaseException]:
         """Fetch every message concurrently; the result list is in the order of ``msgs``.
 
         A failed item holds its exception instead of bytes (``PermanentError``: dead-letter that record;
         ``TransientError``: retry the batch); nothing is raised for a per-item failure.
         """
-        futures = [self._executor.submit(self.fetch, m) for m in msgs]
-        out: list[bytes | BaseException] = []
-        for f in futures:
-            try:
-                out.append(f.result())
-            except Exception as e:  # per-item outcome; the caller classifies it
-                out.append(e)
-        return out
+        return [outcome(f) for f in self.submit_many(msgs)]
 
     def fetch(self, msg: ImageSubmitted) -> bytes:
         """The image bytes for ``msg``, at most ``settings.max_bytes`` (see the module docstring)."""

@@ -48,6 +48,9 @@ class ScorerSettings(ServiceSettings):
     persist_inline: bool = True
     follow_models: bool = True
     decode_workers: int = Field(default=2, ge=1)
+    # Images per inference call inside a micro-batch: while one chunk is inferred the next ones are
+    # still being fetched, so smaller chunks overlap more; below ~32 the model's per-call cost shows.
+    infer_chunk: int = Field(default=64, ge=1)
     fetch: FetchSettings = FetchSettings()
     limits: DecodeLimits = DecodeLimits()
 
@@ -91,6 +94,7 @@ def run_scorer(
             metrics=ScorerMetrics.create(registry),
             persist_inline=settings.persist_inline,
             decode_workers=settings.decode_workers,
+            chunk=settings.infer_chunk,
         )
         resources.callback(handler.close)
         service = build_service(
