@@ -46,6 +46,7 @@ from ingest.kafka import make_admin, make_producer
 from ingest.settings import KafkaSettings, StackSettings, load
 from ingest.storage import S3Store
 from ingest.topics import IMAGES_VERDICTS
+from scorer.cpu_meter import CpuMeter, stack_services
 from scorer.offline import iter_sources
 
 logger = logging.getLogger(__name__)
@@ -245,9 +246,12 @@ class Bench:
         group = f"bench-{self.run_id}-{phase}"
         threads = 1 if scorers > 1 else None  # two processes on two cores: one thread each
         procs = [self.start_scorer(group, max_batch, threads) for _ in range(scorers)]
-        if scorers > 1:
-            # Wait until every scorer has joined, or the first would drain the backlog alone.
-            self._wait_for(lambda: self._stable_members(group) >= scorers, 120, f"{scorers} group members")
+        # Wait until every scorer has joined (after its warm-up), or the first would drain the backlog
+        # alone, and the CPU it spent starting would count against the images.
+        self._wait_for(lambda: self._stable_members(group) >= scorers, 120, f"{scorers} group members")
+        meter = CpuMeter({"scorer": [p.pid for p in procs], **stack_services()})
+        meter.start()
+        own = time.process_time()
         self.publish(phase, keys, n)
         deadline = time.monotonic() + self.args.timeout
         pause = threading.Event()
@@ -258,12 +262,17 @@ class Bench:
                 if any(p.poll() is not None for p in procs):
                     raise RuntimeError(f"phase {phase}: a scorer exited early")
                 pause.wait(0.2)
+            cpu = {**meter.stop(), "bench": time.process_time() - own}
         finally:
             split = self.stop(procs)
         n_rows, lo, hi, first = self.verdict_stats(phase)
         span = (hi - lo).total_seconds()
         rate = (n_rows - first) / span if span > 0 else float("nan")
-        return {"images_per_s": rate, "split": split}
+        return {
+            "images_per_s": rate,
+            "split": split,
+            "cpu_ms_per_image": {k: 1e3 * v / n for k, v in cpu.items()},
+        }
 
     def _stable_members(self, group: str) -> int:
         return stable_members(self.stack.kafka, group)
@@ -311,6 +320,8 @@ class Bench:
 
 
 def raw_model(weights: str, device: str) -> dict[str, Any]:
+    import torch
+
     from scorer.bench import bench_model
     from scorer.engine import ServingModel
 
@@ -320,6 +331,7 @@ def raw_model(weights: str, device: str) -> dict[str, Any]:
         "raw": r["batch256_images_per_s"],
         "raw1": r["batch1_images_per_s"],
         "device": r["device"],
+        "threads": torch.get_num_threads() if sm.device.type == "cpu" else 1,
         "version": sm.version,
     }
 
@@ -354,6 +366,10 @@ def run_bench(args: argparse.Namespace) -> int:
         "two_scorers_split": two["split"],
         "batch1_images_per_s": round(b1["images_per_s"], 1),
         "raw_batch1_images_per_s": round(raw["raw1"], 1),
+        # Where one scorer's backlog phase spent CPU, per image, by process tree ("bench" is this process:
+        # publishing and polling PostgreSQL); the bare model needs threads * 1000 / raw_images_per_s.
+        "cpu_ms_per_image": {k: round(v, 3) for k, v in one["cpu_ms_per_image"].items()},
+        "model_cpu_ms_per_image": round(raw["threads"] * 1e3 / raw["raw"], 3),
         "device": raw["device"],
         "model_version": raw["version"],
         "n": args.n,

@@ -36,7 +36,9 @@ def test_short_soak_has_flat_memory_and_bounded_lag(stack: StackSettings) -> Non
         "final_lag",
         "flat_memory",
         "bounded_lag",
+        "stable_p99",
     } <= set(report), context
+    assert isinstance(report["stable_p99"], bool), context
     assert len(report["p99_ms_per_interval"]) == 4, context
     assert sum(line.startswith("soak: t=") for line in lines) == 4, context  # one line per interval
     assert report["offered"] == 800 and report["drained"], context

@@ -1,0 +1,79 @@
+"""CPU seconds per component of the stack during a benchmark phase: where does each image's CPU go?
+
+On a machine where the scorer shares its cores with Kafka, MinIO and PostgreSQL, the pipeline can never
+reach the bare model's throughput; these figures say by how much each part costs. Components are process
+trees: the scorer processes, and the stack's services found through the pid files of ``deploy/stack``
+(``$CIFAKE_STACK_DIR/run/*.pid``; PostgreSQL's backends are children of its postmaster). A service whose
+pid file is missing (a remote stack) is simply not reported.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, user+system CPU seconds) of ``pid``, or None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """CPU seconds used so far by ``roots`` and all their living descendants."""
+    stats = {}
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (st := _stat(int(entry.name))) is not None:
+            stats[int(entry.name)] = st
+            children[st[0]].append(int(entry.name))
+    total, todo, seen = 0.0, list(roots), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in stats:
+            continue
+        seen.add(pid)
+        total += stats[pid][1]
+        todo += children.get(pid, [])
+    return total
+
+
+def stack_services(state_dir: str | None = None) -> dict[str, list[int]]:
+    """Pids of the local stack's services by name (kafka brokers grouped), from its pid files."""
+    run = (
+        Path(state_dir or os.environ.get("CIFAKE_STACK_DIR") or Path(__file__).parents[1] / ".stack") / "run"
+    )
+    out: dict[str, list[int]] = defaultdict(list)
+    for pidfile in sorted(run.glob("*.pid")) if run.is_dir() else []:
+        try:
+            pid = int(pidfile.read_text().strip())
+        except ValueError:
+            continue
+        name = pidfile.stem.split("-")[0]  # kafka-2.pid -> kafka
+        if name in ("kafka", "minio", "postgres"):
+            out[name].append(pid)
+    return dict(out)
+
+
+class CpuMeter:
+    """``start()`` then ``stop()``: CPU seconds each component used in between."""
+
+    def __init__(self, components: dict[str, list[int]]) -> None:
+        self.components = components
+        self._before: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {name: tree_cpu_seconds(pids) for name, pids in self.components.items()}
+
+    def start(self) -> None:
+        self._before = self._now()
+
+    def stop(self) -> dict[str, float]:
+        after = self._now()
+        return {name: max(0.0, after[name] - self._before.get(name, 0.0)) for name in after}

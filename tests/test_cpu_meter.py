@@ -1,0 +1,42 @@
+"""The benchmark's CPU accounting: process trees include live descendants; stack services come from pid
+files. (An exited, reaped child's CPU is no longer in any /proc entry: the meter is read while the
+processes it measures run, as the benchmark does.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from scorer.cpu_meter import CpuMeter, stack_services, tree_cpu_seconds
+
+# The grandchild burns 0.3 s of CPU, then waits on its stdin (inherited from the parent).
+SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ninput()\n"
+PARENT = f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {SPIN!r}])\n"
+
+
+def test_a_live_grandchild_is_counted() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE, text=True)
+    meter = CpuMeter({"tree": [parent.pid], "nobody": [999_999_999]})
+    meter.start()
+    try:
+        deadline = time.monotonic() + 30
+        while tree_cpu_seconds([parent.pid]) < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)  # wait on the condition: the grandchild has spent its 0.3 s
+        used = meter.stop()
+    finally:
+        parent.communicate("\n")
+    assert used["tree"] >= 0.3 - 0.05  # the parent's own start-up may fall before start()
+    assert used["nobody"] == 0.0
+    assert tree_cpu_seconds([999_999_999]) == 0.0
+
+
+def test_stack_services_from_pid_files(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, pid in (("kafka-1", 11), ("kafka-2", 12), ("minio", 13), ("postgres", 14), ("intake", 15)):
+        (run / f"{name}.pid").write_text(f"{pid}\n")
+    (run / "kafka-3.pid").write_text("garbage")
+    assert stack_services(str(tmp_path)) == {"kafka": [11, 12], "minio": [13], "postgres": [14]}
+    assert stack_services(str(tmp_path / "missing")) == {}
