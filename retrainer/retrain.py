@@ -234,6 +234,8 @@ def fine_tune(
     # As in base training: on a shared machine 1 thread can beat all of them by far, so measure.
     max_threads = budget.threads or (os.cpu_count() or 1)
     tuner = ThreadTuner(max_threads) if not budget.threads else None
+    if budget.threads:  # a fixed count is honoured here too, not only by callers that set it first
+        torch.set_num_threads(budget.threads)
     for step in range(budget.steps):
         if stop is not None and stop.is_set():
             raise Abandoned(f"stopped at step {step}/{budget.steps}")
