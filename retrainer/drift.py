@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import signal
 import subprocess
 import sys
@@ -350,6 +351,11 @@ class DriftRun:
             save_weights(init, model, dataclasses.replace(meta, version=version))
         else:
             init = train_champion(self.ds, self.sets["init"], self.cfg, tmp / "init.safetensors", version)
+            # Kept beside the report, so that a rerun with other retraining settings can start from the
+            # same champion (--init-weights) instead of training it again.
+            out = Path(self.cfg.out)
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(init, out / "init.safetensors")
         logger.info("initial champion trained in %.0fs", time.monotonic() - t0)
         self.registry.publish(
             init.read_bytes(),

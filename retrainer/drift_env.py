@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from deploy.provision import apply_migrations, discover_migrations
 from ingest.contracts import Feedback, ImageSubmitted, encode, utcnow
 from ingest.db import connect
+from ingest.errors import is_transient
 from ingest.kafka import make_admin, make_producer
 from ingest.settings import PostgresSettings, StackSettings
 from ingest.storage import S3Store
@@ -95,8 +96,18 @@ def png(image: np.ndarray) -> bytes:
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
+    """Poll ``predicate`` until it holds. A transient failure of the stack while polling (a connection
+    refused or timed out on a loaded machine) counts as "not yet": the experiment outlives it, and only
+    the deadline ends it."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        try:
+            if predicate():
+                return
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            logger.warning("drift-bench: %s while waiting for %s; polling on", type(e).__name__, what)
         if time.monotonic() > deadline:
             raise TimeoutError(f"drift-bench: timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)

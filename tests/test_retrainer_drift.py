@@ -15,6 +15,7 @@ from ingest.settings import StackSettings
 from retrainer.drift import DriftConfig, run_drift_bench
 from retrainer.settings import GateSettings, TrainBudget
 from retrainer.synthetic import make_synthetic_cifake
+from scorer.weights import load_weights
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +49,8 @@ def test_drift_bench_tiny(
     assert summary["labels_used"] == 60 and summary["versions_published"] == 1
     assert summary["seconds_to_serving"] is not None and summary["seconds_to_serving"] > 0
     assert (tmp_path / "out" / "drift.png").stat().st_size > 0
+    # The first champion is kept for reruns (--init-weights) and loads as the architecture it was trained as.
+    assert load_weights(tmp_path / "out" / "init.safetensors")[1].arch == "baseline"
     report = json.loads((tmp_path / "out" / "drift.json").read_text())
     assert [(r["status"], r["trigger"]) for r in report["rows"]] == [
         ("champion", "initial"),
