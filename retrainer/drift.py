@@ -56,21 +56,28 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass
 class DriftConfig:
     data: str = DEFAULT_BASE_DATA
-    old_categories: tuple[int, ...] = (0, 1, 2, 3, 4)
+    # The six animal categories; the new ones are airplane, automobile, ship and truck. An animals ->
+    # vehicles shift leaves the first champion 11 points worse on the new categories, where a 0-4 / 5-9
+    # split (both halves mixing animals and vehicles) left it only 6 points worse: little to learn.
+    old_categories: tuple[int, ...] = (2, 3, 4, 5, 6, 7)
     arch: str = "fastnet_s"
     init_steps: int = 1500
-    init_max: int = 20000  # old-category training images for the first champion (seeded subsample)
+    init_max: int = 8000  # old-category training images for the first champion (seeded subsample)
     # Reuse a first champion trained by an earlier run with the same seed, stream, probes and init_max.
     init_weights: str | None = None
     init_batch: int = 128
     init_lr: float = 0.05
     stream: int = 4000  # images streamed, all categories
     probes: int = 200  # extra unlabelled images, submitted to see which version serves
-    rounds: int = 4
-    label_share: float = 0.4  # of each round's verdicts
+    rounds: int = 1
+    # Of each round's verdicts; the simulated moderator labels the uncertain ones first, so a share
+    # below 1 spends the labels where the champion is least sure.
+    label_share: float = 0.5
     max_labels: int = 2000
-    eval_max: int = 2000  # validation images per group (old / new categories)
-    budget: TrainBudget = field(default_factory=lambda: TrainBudget(steps=300, replay=4000))
+    eval_max: int = 4000  # validation images per group (old / new categories)
+    budget: TrainBudget = field(
+        default_factory=lambda: TrainBudget(steps=1200, replay=8000, interpolate=0.85, base_val_max=3000)
+    )
     gate: GateSettings = field(default_factory=GateSettings)
     seed: int = 0
     out: str = "runs/drift"
