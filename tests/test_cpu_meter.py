@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from scorer.cpu_meter import CpuMeter, stack_services, tree_cpu_seconds
+from tests.kafka_helpers import wait_until
 
 # The grandchild burns 0.3 s of CPU, then waits on its stdin (inherited from the parent).
 SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ninput()\n"
@@ -21,9 +21,7 @@ def test_a_live_grandchild_is_counted() -> None:
     meter = CpuMeter({"tree": [parent.pid], "nobody": [999_999_999]})
     meter.start()
     try:
-        deadline = time.monotonic() + 30
-        while tree_cpu_seconds([parent.pid]) < 0.3 and time.monotonic() < deadline:
-            time.sleep(0.05)  # wait on the condition: the grandchild has spent its 0.3 s
+        wait_until(lambda: tree_cpu_seconds([parent.pid]) >= 0.3, 30, "the grandchild to spend its 0.3 s")
         used = meter.stop()
     finally:
         parent.communicate("\n")
