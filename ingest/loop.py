@@ -2,7 +2,7 @@
 
 Contract, in order, for each batch:
 
-1. poll records until ``max_batch`` records or ``max_wait_ms`` after the first one;
+1. poll records until ``max_batch`` records or ``max_wait_ms`` after the first one was produced;
 2. call the handler; it makes its results durable (database upserts, objects) and may mark
    single records as permanently failed with ``Batch.fail`` and queue downstream messages with
    ``Batch.produce``;
@@ -127,6 +127,7 @@ class LoopConfig:
     service: str
     max_batch: int = 256
     max_wait_ms: int = 200
+    min_wait_ms: int = 5
     poll_timeout_ms: int = 500
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
@@ -296,8 +297,21 @@ class ConsumerLoop:
             if not records:
                 break  # nothing arrived within poll_timeout: let run() check its stop conditions
             if deadline is None:
-                deadline = time.monotonic() + self.config.max_wait_ms / 1000
+                deadline = self._batch_deadline(records)
         return records
+
+    def _batch_deadline(self, records: list[Record]) -> float:
+        """When the batch that starts with ``records`` closes: ``max_wait_ms`` after its oldest record was
+        produced (the Kafka timestamp), not after it was polled. Records that arrived while the previous
+        batch was processed have already waited; holding them another ``max_wait_ms`` added that much to
+        every latency and kept a half-loaded scorer busy waiting. The deadline is never later than
+        ``max_wait_ms`` from now (a producer clock running ahead) and never sooner than ``min_wait_ms``
+        (about one fetch round trip), so records produced just behind the first ones still join."""
+        cfg = self.config
+        stamps = [r.timestamp_ms for r in records if r.timestamp_ms > 0]
+        age = max(0.0, time.time() - min(stamps) / 1000) if stamps else 0.0
+        wait_s = max(min(cfg.min_wait_ms, cfg.max_wait_ms) / 1000, cfg.max_wait_ms / 1000 - age)
+        return time.monotonic() + wait_s
 
     def _poll_backoff(self, e: BaseException, failures: int) -> None:
         delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (failures - 1))

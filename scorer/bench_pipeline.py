@@ -42,6 +42,7 @@ from PIL import Image
 
 from ingest.contracts import ImageSubmitted, Verdict, decode, encode, utcnow
 from ingest.db import connect
+from ingest.errors import PermanentError
 from ingest.kafka import make_admin, make_producer
 from ingest.settings import KafkaSettings, StackSettings, load
 from ingest.storage import S3Store
@@ -83,13 +84,20 @@ def prepare_images(n: int, data: str | None, seed: int) -> tuple[list[bytes], st
 
 
 def upload(store: S3Store, images: list[bytes]) -> list[str]:
+    """Store ``images`` under their sha256 (the key names the content, so an existing key is skipped).
+
+    Overwriting the same objects on every run made MinIO move the old versions to its trash and purge
+    them in the background, which took CPU from the next runs' measurements."""
     keys = [hashlib.sha256(b).hexdigest() for b in images]
+
+    def put_missing(key: str, data: bytes) -> None:
+        try:
+            store.stat("images", key)
+        except PermanentError:
+            store.put("images", key, data, "image/jpeg")
+
     with ThreadPoolExecutor(8) as pool:
-        list(
-            pool.map(
-                lambda kb: store.put("images", kb[0], kb[1], "image/jpeg"), zip(keys, images, strict=True)
-            )
-        )
+        list(pool.map(lambda kb: put_missing(*kb), zip(keys, images, strict=True)))
     return keys
 
 
@@ -391,7 +399,8 @@ def add_bench_command(
     p.add_argument("--n", type=int, default=5000, help="images per backlog phase")
     p.add_argument("--n-batch1", type=int, default=500, help="images for the batch-1 phase")
     p.add_argument("--rate", type=float, help="offered load for the latency phase (default: half of max)")
-    p.add_argument("--duration", type=float, default=15.0, help="seconds of fixed-rate load")
+    # 30 s at half load is ~5,000 latencies: enough that p99 is not decided by a dozen images.
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of fixed-rate load")
     p.add_argument("--data", help="folder or zip of images to use (default: generated JPEGs)")
     p.add_argument("--weights", default="default")
     p.add_argument("--device", default="auto")

@@ -101,9 +101,13 @@ def warm_up(model: ServingModel, max_batch: int) -> int:
 
 
 def padded_batch_size(n: int) -> int:
-    """The batch size ``n`` images are run at: powers of two up to 32, then multiples of 32."""
-    if n <= 32:
+    """The batch size ``n`` images are run at: 1, 2, 4, 8, then multiples of 8 up to 64, then multiples
+    of 32. A half-loaded scorer runs batches of 10-30 images, where padding to powers of two wasted up to
+    a third of each inference call; above 64 (chunks are 64 by default) coarse steps keep the count low."""
+    if n <= 8:
         return 1 << max(0, (n - 1).bit_length())
+    if n <= 64:
+        return -(-n // 8) * 8
     return -(-n // 32) * 32
 
 

@@ -32,6 +32,7 @@ class FakeConsumer:
     committed: dict[TopicPartition, int] = field(default_factory=dict)
     commit_calls: int = 0
     closed: bool = False
+    timestamp_ms: int = 0  # the Kafka timestamp every message gets (0: none)
 
     def __post_init__(self) -> None:
         for tp in self.partitions:
@@ -44,7 +45,10 @@ class FakeConsumer:
             pos = self.positions[tp]
             take = items[pos : pos + budget]
             if take:
-                out[tp] = [Msg(tp.topic, tp.partition, pos + i, k, v) for i, (k, v) in enumerate(take)]
+                out[tp] = [
+                    Msg(tp.topic, tp.partition, pos + i, k, v, self.timestamp_ms)
+                    for i, (k, v) in enumerate(take)
+                ]
                 self.positions[tp] = pos + len(take)
                 budget -= len(take)
             if budget <= 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,7 +11,7 @@ from kafka import TopicPartition
 
 from ingest.contracts import DeadLetter, decode
 from ingest.errors import PermanentError, TransientError
-from ingest.loop import Batch, ConsumerLoop, LoopConfig
+from ingest.loop import Batch, ConsumerLoop, LoopConfig, Record
 from tests.fakes import FakeConsumer, FakeProducer
 
 TOPIC = "t"
@@ -235,3 +236,38 @@ def test_lag_of_partitions_lost_in_a_rebalance_is_no_longer_reported() -> None:
     del consumer.partitions[TopicPartition(TOPIC, 1)]  # partition 1 moved to another member
     loop._update_lag()
     assert lag(0) == 2 and lag(1) is None
+
+
+def _records_aged(age_s: float, n: int = 3) -> list[Record]:
+    stamp = int((time.time() - age_s) * 1000)
+    return [Record(TOPIC, 0, i, b"k", b"v", stamp) for i in range(n)]
+
+
+def test_batch_window_counts_from_when_the_first_record_was_produced() -> None:
+    loop = ConsumerLoop(make([[]]), FakeProducer(), lambda b: None, config(max_wait_ms=200, min_wait_ms=5))
+
+    def wait_ms(records: list[Record]) -> float:
+        return (loop._batch_deadline(records) - time.monotonic()) * 1000
+
+    # Fresh records: the whole window is still ahead.
+    assert 150 < wait_ms(_records_aged(0.0)) <= 200
+    # Records that already waited 150 ms (behind the previous batch) get only what is left of it.
+    assert 10 < wait_ms(_records_aged(0.15)) <= 50
+    # Records older than the window close the batch after one fetch round trip, not at once.
+    assert 0 < wait_ms(_records_aged(5.0)) <= 5
+    # A producer clock ahead of ours (or no timestamp at all) never stretches the window.
+    assert wait_ms(_records_aged(-60.0)) <= 200
+    assert 150 < wait_ms([Record(TOPIC, 0, 0, b"k", b"v", 0)]) <= 200
+
+
+def test_old_records_are_handled_without_waiting_out_the_window() -> None:
+    """A backlog of records produced long ago is one batch each poll, not one batch per max_wait."""
+    consumer = make([[b"a", b"b"]])
+    consumer.timestamp_ms = int((time.time() - 3600) * 1000)
+    sizes: list[int] = []
+    started = time.monotonic()
+    ConsumerLoop(
+        consumer, FakeProducer(), lambda b: sizes.append(len(b.records)), config(max_wait_ms=60_000)
+    ).run(max_records=2)
+    # With the window counted from the poll, this run would take the full 60 s window.
+    assert sizes == [2] and time.monotonic() - started < 30
