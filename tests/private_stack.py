@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -35,17 +36,35 @@ PORT_VARS = (
 )
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = []
+def _ephemeral_low() -> int:
     try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports below the kernel's ephemeral range.
+
+    A port from the ephemeral range (what binding port 0 returns) can be taken after a fault by the
+    clients themselves: while a killed broker's port has no listener, kafka-python reconnects to it over and
+    over from ephemeral source ports, and once the source port equals the destination the kernel connects
+    the socket to itself (TCP simultaneous open). The restarted broker then finds its port in use. That
+    failed a CI chaos run; ports the kernel never hands out as source ports cannot be taken that way."""
+    rng = random.Random()
+    high = max(10_001, min(_ephemeral_low(), 32_768))
+    ports: list[int] = []
+    while len(ports) < count:
+        port = rng.randrange(10_000, high)
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
 
 
 def alive(pid: int) -> bool:
