@@ -21,87 +21,38 @@ second signal exits at once (uncommitted records are redelivered to the next con
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Protocol
 
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from ingest.contracts import DeadLetter, encode, utcnow
+from ingest.batch import MAX_DEAD_LETTER_PAYLOAD, Batch, Failure, Handler, Record, dead_letter
+from ingest.contracts import encode
 from ingest.errors import PermanentError, is_transient
 from ingest.metrics import LoopMetrics
 from ingest.topics import dlq_topic
 
+# The batch model lives in ingest.batch; handlers and tests import it from here as well.
+__all__ = [
+    "MAX_DEAD_LETTER_PAYLOAD",
+    "Batch",
+    "ConsumerLoop",
+    "Failure",
+    "Handler",
+    "LoopConfig",
+    "Record",
+    "RunStats",
+]
+
 logger = logging.getLogger(__name__)
-
-MAX_REASON = 4000
-# Bytes of the original record a dead letter keeps. Base64 of a record near Kafka's default 1 MiB message
-# limit would not fit in a dead letter, and a dead letter that cannot be sent blocks its partition forever.
-MAX_DEAD_LETTER_PAYLOAD = 512 * 1024
-
-
-@dataclass(frozen=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int = 0
-
-    @property
-    def where(self) -> str:
-        return f"{self.topic}[{self.partition}]@{self.offset}"
-
-
-@dataclass(frozen=True)
-class Failure:
-    record: Record
-    error_class: str
-    reason: str
-    code: str  # short, bounded reason code: the metrics label
-
-
-@dataclass
-class Batch:
-    """What the handler sees: the records, plus the two ways it reports back."""
-
-    records: list[Record]
-    failures: dict[tuple[str, int, int], Failure] = field(default_factory=dict)
-    outputs: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
-
-    def fail(self, record: Record, error: BaseException | str) -> None:
-        """Mark ``record`` as permanently failed; it will be dead-lettered with this reason."""
-        if isinstance(error, BaseException):
-            reason = getattr(error, "reason", None) or str(error) or type(error).__name__
-            error_class = type(error).__name__
-            # Unexpected exceptions have no code; their class name is bounded by the code base.
-            code = getattr(error, "code", None) or f"unexpected_{error_class}"
-        else:
-            reason, error_class, code = error, "PermanentError", "permanent"
-        key = (record.topic, record.partition, record.offset)
-        self.failures[key] = Failure(record, error_class, reason[:MAX_REASON], str(code)[:64])
-
-    def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
-        """Queue a downstream message; it is sent and flushed before the batch is committed."""
-        self.outputs.append((topic, key, value))
-
-    def pending(self) -> Iterator[Record]:
-        """Records not (yet) marked as failed."""
-        for r in self.records:
-            if (r.topic, r.partition, r.offset) not in self.failures:
-                yield r
-
-
-Handler = Callable[[Batch], None]
 
 
 class ConsumerLike(Protocol):
@@ -378,26 +329,8 @@ class ConsumerLoop:
             for topic, key, value in batch.outputs:
                 self.producer.send(topic, value=value, key=key)
             for f in batch.failures.values():
-                r = f.record
-                payload, reason = r.value or b"", f.reason
-                if len(payload) > MAX_DEAD_LETTER_PAYLOAD:
-                    # The head is kept; topic/partition/offset still locate the whole record.
-                    note = f"[payload truncated from {len(payload)} to {MAX_DEAD_LETTER_PAYLOAD} bytes] "
-                    payload, reason = payload[:MAX_DEAD_LETTER_PAYLOAD], (note + reason)[:MAX_REASON]
-                letter = DeadLetter(
-                    payload_b64=base64.b64encode(payload).decode(),
-                    key_b64=base64.b64encode(r.key).decode() if r.key is not None else None,
-                    topic=r.topic,
-                    partition=r.partition,
-                    offset=r.offset,
-                    error_class=f.error_class,
-                    code=f.code,
-                    reason=reason,
-                    attempts=attempt,
-                    service=self.config.service,
-                    failed_at=utcnow(),
-                )
-                self.producer.send(dlq_topic(r.topic), value=encode(letter), key=r.key)
+                letter = dead_letter(f, attempt, self.config.service)
+                self.producer.send(dlq_topic(f.record.topic), value=encode(letter), key=f.record.key)
             self.producer.flush(timeout=self.config.flush_timeout_s)
         except Exception as e:
             # Whatever was sent may be duplicated on retry; downstream consumers upsert by key.

@@ -30,9 +30,8 @@ def test_padded_batch_sizes(n: int, padded: int) -> None:
 
 
 def test_only_a_few_distinct_sizes_up_to_256() -> None:
-    assert (
-        len({padded_batch_size(n) for n in range(1, 257)}) == 17
-    )  # 1, 2, 4, 8, then 16, 24, ..., 64, then 96, ..., 256
+    # 1, 2, 4, 8, then 16, 24, ..., 64, then 96, ..., 256
+    assert len({padded_batch_size(n) for n in range(1, 257)}) == 17
 
 
 def test_padding_does_not_change_predictions() -> None:

@@ -1,0 +1,97 @@
+"""One micro-batch as a handler sees it, and how a record it failed becomes a dead letter.
+
+The consumer loop (``ingest.loop``) polls the records, hands a ``Batch`` to the handler, then sends the
+batch's outputs and one ``dead_letter`` per failed record before it commits.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from ingest.contracts import DeadLetter, utcnow
+
+MAX_REASON = 4000
+# Bytes of the original record a dead letter keeps. Base64 of a record near Kafka's default 1 MiB message
+# limit would not fit in a dead letter, and a dead letter that cannot be sent blocks its partition forever.
+MAX_DEAD_LETTER_PAYLOAD = 512 * 1024
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int = 0
+
+    @property
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass(frozen=True)
+class Failure:
+    record: Record
+    error_class: str
+    reason: str
+    code: str  # short, bounded reason code: the metrics label
+
+
+@dataclass
+class Batch:
+    """What the handler sees: the records, plus the two ways it reports back."""
+
+    records: list[Record]
+    failures: dict[tuple[str, int, int], Failure] = field(default_factory=dict)
+    outputs: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
+
+    def fail(self, record: Record, error: BaseException | str) -> None:
+        """Mark ``record`` as permanently failed; it will be dead-lettered with this reason."""
+        if isinstance(error, BaseException):
+            reason = getattr(error, "reason", None) or str(error) or type(error).__name__
+            error_class = type(error).__name__
+            # Unexpected exceptions have no code; their class name is bounded by the code base.
+            code = getattr(error, "code", None) or f"unexpected_{error_class}"
+        else:
+            reason, error_class, code = error, "PermanentError", "permanent"
+        key = (record.topic, record.partition, record.offset)
+        self.failures[key] = Failure(record, error_class, reason[:MAX_REASON], str(code)[:64])
+
+    def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Queue a downstream message; it is sent and flushed before the batch is committed."""
+        self.outputs.append((topic, key, value))
+
+    def pending(self) -> Iterator[Record]:
+        """Records not (yet) marked as failed."""
+        for r in self.records:
+            if (r.topic, r.partition, r.offset) not in self.failures:
+                yield r
+
+
+Handler = Callable[[Batch], None]
+
+
+def dead_letter(failure: Failure, attempt: int, service: str) -> DeadLetter:
+    """The ``<topic>.dlq`` message for ``failure``: the original record (its head, when it is too large to
+    send whole: topic, partition and offset still locate all of it) and why it failed."""
+    r = failure.record
+    payload, reason = r.value or b"", failure.reason
+    if len(payload) > MAX_DEAD_LETTER_PAYLOAD:
+        note = f"[payload truncated from {len(payload)} to {MAX_DEAD_LETTER_PAYLOAD} bytes] "
+        payload, reason = payload[:MAX_DEAD_LETTER_PAYLOAD], (note + reason)[:MAX_REASON]
+    return DeadLetter(
+        payload_b64=base64.b64encode(payload).decode(),
+        key_b64=base64.b64encode(r.key).decode() if r.key is not None else None,
+        topic=r.topic,
+        partition=r.partition,
+        offset=r.offset,
+        error_class=failure.error_class,
+        code=failure.code,
+        reason=reason,
+        attempts=attempt,
+        service=service,
+        failed_at=utcnow(),
+    )
