@@ -11,7 +11,8 @@ committed offsets, sampled every second). The last stdout line is one JSON objec
   model, the pools and the allocator have already met the largest batch a backlog can bring;
   ``flat_memory`` = growth < ``FLAT_MEMORY_PCT``;
 * ``p99_ms_per_interval``, ``max_lag``, ``final_lag`` (the lag when the load stops);
-  ``stable_p99`` = every interval's p99 is at most ``STABLE_P99_FACTOR`` times the median interval's;
+  ``stable_p99`` = every interval's p99 is at most ``STABLE_P99_FACTOR`` times the lower quartile of the
+  intervals' p99s (``p99_ms_median`` is reported beside it);
   ``bounded_lag`` = the lag never exceeded ``--max-lag`` (default: 30 seconds of offered load) and every
   offered image got its verdict once the load stopped.
 
@@ -28,6 +29,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +44,10 @@ from scorer.bench_pipeline import Bench, VerdictCollector, prepare_images, uploa
 logger = logging.getLogger(__name__)
 
 FLAT_MEMORY_PCT = 5.0
-# p99 is "stable" when no interval's p99 exceeds this multiple of the median interval's: a stall (the
-# scorer stopping for seconds while the load goes on) shows up as one or two intervals far above the rest.
+# p99 is "stable" when no interval's p99 exceeds this multiple of the lower-quartile interval's. A stall
+# shows up as one or two intervals far above the rest; a scorer that falls behind for good shows up as a
+# second, higher level for the rest of the run, which can hold half the intervals and so lift the median
+# with it (a 600 s run went 530-770 ms for 4 minutes, then 5.9-13.8 s: 1.8x its median, 19x its quartile).
 STABLE_P99_FACTOR = 3.0
 SAMPLE_S = 1.0
 MAX_BATCH = 256  # the scorer's default micro-batch
@@ -87,6 +91,15 @@ class LagProbe:
 
 def _p99(latencies_ms: list[float]) -> float | None:
     return round(float(np.percentile(latencies_ms, 99)), 1) if latencies_ms else None
+
+
+def stable_p99(p99s: Sequence[float | None]) -> bool:
+    """No interval's p99 above ``STABLE_P99_FACTOR`` times the lower quartile of the intervals' p99s; an
+    interval without verdicts (None) is not stable."""
+    if not p99s or any(p is None for p in p99s):
+        return False
+    values = np.array(p99s, dtype=float)
+    return bool(values.max() <= STABLE_P99_FACTOR * np.percentile(values, 25))
 
 
 def _growth_pct(first: list[int | None], last: list[int | None]) -> float | None:
@@ -183,9 +196,7 @@ def soak(
         "rss_growth_pct": growth,
         "p99_ms_per_interval": p99s,
         "p99_ms_median": None if median is None else round(median, 1),
-        "stable_p99": median is not None
-        and len(measured) == len(p99s)
-        and max(measured) <= STABLE_P99_FACTOR * median,
+        "stable_p99": stable_p99(p99s),
         "max_lag": max_seen,
         "final_lag": final_lag,
         "lag_bound": max_lag,

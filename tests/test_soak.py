@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ingest.settings import StackSettings
+from scorer.soak import stable_p99
 
 pytestmark = pytest.mark.integration
 
@@ -45,3 +46,24 @@ def test_short_soak_has_flat_memory_and_bounded_lag(stack: StackSettings) -> Non
     assert report["flat_memory"] and report["rss_growth_pct"] < 5, context
     assert report["bounded_lag"] and report["max_lag"] <= report["lag_bound"], context
     assert result.returncode == 0, context
+
+
+# p99 per minute of 600 s soaks measured on the 2-core dev machine (README "The soak run").
+STEADY = [585.7, 533.3, 444.6, 407.8, 837.0, 336.4, 384.0, 621.5, 257.7, 252.8]
+FELL_BEHIND = [734.1, 526.2, 585.3, 765.0, 5870.0, 13803.7, 13533.7, 11664.3, 12713.4, 9725.9]
+FIRST_MINUTE_STALL = [5440.3, 1563.7, 1313.0, 854.2, 4799.8, 2152.4, 2134.7, 1711.3, 1560.4, 924.7]
+
+
+def test_stable_p99_holds_for_a_steady_run() -> None:
+    assert stable_p99(STEADY)
+
+
+def test_stable_p99_fails_when_the_scorer_falls_behind_for_half_the_run() -> None:
+    # Its median (7.8 s) rose with the bad half: max/median is 1.8, which a median criterion let through.
+    assert not stable_p99(FELL_BEHIND)
+
+
+def test_stable_p99_fails_on_a_stall_and_on_an_interval_without_verdicts() -> None:
+    assert not stable_p99(FIRST_MINUTE_STALL)
+    assert not stable_p99([*STEADY[:-1], None])
+    assert not stable_p99([])
