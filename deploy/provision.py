@@ -34,12 +34,13 @@ from kafka.errors import TopicAlreadyExistsError
 from minio import Minio
 from psycopg2 import sql
 
-from ingest.topics import ALL_TOPICS, MODELS_PUBLISHED, dlq_topic
+from ingest.topics import ALL_TOPICS, KNOWN_CONTENT_UPDATES, MODELS_PUBLISHED, dlq_topic
 
 logger = logging.getLogger(__name__)
 
-# Registry announcements must stay totally ordered, so that topic (and its DLQ) has exactly one partition.
-SINGLE_PARTITION_TOPICS: frozenset[str] = frozenset({MODELS_PUBLISHED})
+# Registry announcements and known-content updates must stay totally ordered (a later state of an entry must
+# never be overtaken by an earlier one), so those topics (and their DLQs) have exactly one partition.
+SINGLE_PARTITION_TOPICS: frozenset[str] = frozenset({MODELS_PUBLISHED, KNOWN_CONTENT_UPDATES})
 BUCKETS: tuple[str, ...] = ("images", "explanations", "models")
 DEFAULT_PARTITIONS = 6
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"

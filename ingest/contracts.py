@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from ingest.errors import InvalidMessage
+from ingest.signals import PDQ_HEX, Signals
 
 SCHEMA_VERSION = 1
 
@@ -143,6 +144,9 @@ class Verdict(Contract):
     submitted_at: AwareDatetime
     scored_at: AwareDatetime
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    # Known-content and provenance evidence, and which signal set ``label`` (``ingest.signals``). None on
+    # verdicts written before signals existed.
+    signals: Signals | None = None
 
 
 class Explanation(Contract):
@@ -160,6 +164,23 @@ class Feedback(Contract):
     moderator: ShortText
     note: Annotated[str, AfterValidator(_no_nul)] | None = Field(default=None, max_length=2000)
     labelled_at: AwareDatetime
+
+
+class KnownContentUpdate(Contract):
+    """The current state of one known-content list entry (``known_content.updates``, one partition).
+
+    Every message is the whole entry, never a delta, so applying one twice or replaying the topic from any
+    point converges on the table's state: scorers upsert it into their in-memory index by ``entry_id``.
+    """
+
+    entry_id: int = Field(ge=1)
+    pdq: str = Field(pattern=PDQ_HEX)
+    label: Literal["real", "fake"]
+    active: bool
+    source: Literal["moderation", "import"]
+    image_id: ImageId | None = None
+    moderators: int = Field(default=0, ge=0)
+    updated_at: AwareDatetime
 
 
 class ModelPublished(Contract):

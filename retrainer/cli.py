@@ -11,11 +11,14 @@ from ingest.settings import StackSettings, load
 from retrainer.models_cli import add_models_command, open_registry, run_models_command
 from retrainer.settings import RetrainerSettings
 
-SERVICE_COMMANDS = frozenset({"models", "run", "worker", "retrain-now", "drift-bench"})
+SERVICE_COMMANDS = frozenset({"models", "known", "run", "worker", "retrain-now", "drift-bench"})
 
 
 def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_models_command(sub)
+    from retrainer.known_cli import add_known_command
+
+    add_known_command(sub)
     p = sub.add_parser("run", help="consume moderation.feedback into PostgreSQL; starts the retrain worker")
     p.add_argument("--topic", help="feedback topic (default: moderation.feedback)")
     p.add_argument("--group", help="consumer group id (default: retrainer)")
@@ -84,6 +87,10 @@ def run_service_command(args: argparse.Namespace) -> int:
     if args.command == "models":
         return run_models_command(args)
     stack = load(StackSettings)
+    if args.command == "known":
+        from retrainer.known_cli import run_known_command
+
+        return run_known_command(args, stack, _settings(args))
     if args.command == "run":
         from retrainer.service import run_feedback, spawn_worker, stop_worker
 

@@ -22,6 +22,8 @@ from ingest.db import connect
 from ingest.errors import InvalidMessage, PermanentError
 from ingest.loop import Batch, Record
 from ingest.settings import PostgresSettings
+from ingest.topics import KNOWN_CONTENT_UPDATES
+from retrainer.known import DEFAULT_MIN_QUALITY, announce, sync_moderation_entries
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class FeedbackMetrics:
     feedback: Counter
+    known: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> FeedbackMetrics:
@@ -39,7 +42,15 @@ class FeedbackMetrics:
                 "invalid (dead-lettered)",
                 ["outcome"],
                 registry=registry,
-            )
+            ),
+            Counter(
+                "retrainer_known_content_total",
+                "Known-content list changes from moderator labels: changed (entry added, relabelled or "
+                "taken off), no_hash (labelled image without a usable PDQ hash, left off the lists), "
+                "announced (entry states sent on known_content.updates)",
+                ["outcome"],
+                registry=registry,
+            ),
         )
 
 
@@ -62,9 +73,18 @@ def parse_feedback(record: Record) -> Feedback:
 class FeedbackHandler:
     """Consumer-loop handler; results are committed in PostgreSQL before the loop commits offsets."""
 
-    def __init__(self, pg: PostgresSettings, metrics: FeedbackMetrics | None = None) -> None:
+    def __init__(
+        self,
+        pg: PostgresSettings,
+        metrics: FeedbackMetrics | None = None,
+        known_topic: str | None = KNOWN_CONTENT_UPDATES,
+        min_quality: int = DEFAULT_MIN_QUALITY,
+    ) -> None:
+        """``known_topic`` None: labels are stored but the known-content lists are not kept."""
         self.pg = pg
         self.metrics = metrics
+        self.known_topic = known_topic
+        self.min_quality = min_quality
         self._conn = connect(pg)
 
     def close(self) -> None:
@@ -115,14 +135,26 @@ class FeedbackHandler:
                         fetch=True,
                     )
                     stored = len(rows)
+                # Every labelled image of the batch, stored or stale: a retried batch re-announces the same
+                # entry states, so none is lost between this commit and the producer's flush.
+                sync = None
+                if self.known_topic is not None:
+                    sync = sync_moderation_entries(cur, {k[0] for k in latest}, self.min_quality)
         except Exception:
             conn.rollback()
             raise
+        if sync is not None and self.known_topic is not None:
+            for key, value in announce(sync.updates):
+                batch.produce(self.known_topic, key, value)
         if self.metrics:
             n_valid = len(list(batch.pending()))
             self.metrics.feedback.labels("stored").inc(stored)
             self.metrics.feedback.labels("stale").inc(n_valid - stored)
             self.metrics.feedback.labels("invalid").inc(len(batch.failures))
+            if sync is not None:
+                self.metrics.known.labels("changed").inc(sync.changed)
+                self.metrics.known.labels("no_hash").inc(sync.no_hash)
+                self.metrics.known.labels("announced").inc(len(sync.updates))
 
 
 @dataclass(frozen=True)

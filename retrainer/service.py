@@ -33,7 +33,12 @@ def run_feedback(
     logger.info("retrainer settings: %s", describe(settings))
     registry = new_registry()
     with contextlib.ExitStack() as resources:
-        handler = FeedbackHandler(stack.pg, FeedbackMetrics.create(registry))
+        handler = FeedbackHandler(
+            stack.pg,
+            FeedbackMetrics.create(registry),
+            known_topic=settings.known_topic or None,
+            min_quality=settings.known_min_quality,
+        )
         resources.callback(handler.close)
         service = build_service(
             "retrainer",

@@ -8,7 +8,7 @@ from pydantic_settings import SettingsConfigDict
 from ingest.decode import DecodeLimits
 from ingest.fetch import FetchSettings
 from ingest.settings import ServiceSettings
-from ingest.topics import MODELS_PUBLISHED, MODERATION_FEEDBACK
+from ingest.topics import KNOWN_CONTENT_UPDATES, MODELS_PUBLISHED, MODERATION_FEEDBACK
 
 # No built-in dataset location: users point the retrainer at their own copy of the public CIFAKE archive
 # (a zip or a folder with train/ and test/) with CIFAKE_RETRAINER_BASE_DATA or --data.
@@ -53,6 +53,10 @@ class RetrainerSettings(ServiceSettings):
     group_id: str = "retrainer"
     feedback_topic: str = MODERATION_FEEDBACK
     models_topic: str = MODELS_PUBLISHED
+    # Moderators' majority labels put image hashes on the known-content lists, announced here ("" turns the
+    # lists off); hashes of PDQ quality below the minimum (featureless images) stay off them.
+    known_topic: str = KNOWN_CONTENT_UPDATES
+    known_min_quality: int = Field(default=50, ge=0, le=100)
     # Tests put their versions under their own prefix in bucket `models`.
     model_key_prefix: str = ""
     metrics_port: int | None = 9103

@@ -4,7 +4,9 @@ It starts a scorer process (a consumer-group member, metrics on ``--metrics-port
 images to the object store, publishes their references on ``images.submitted``, waits for the verdicts
 in PostgreSQL and prints them as a table. Images come from ``--data`` (a CIFAKE-layout zip or folder, or
 any folder of images) or, without it, are generated, and the demo says which. With CIFAKE data the true
-label is known from the folder name, so the table also shows whether each verdict was right.
+label is known from the folder name, so the table also shows whether each verdict was right. Then one
+moderator label and a re-upload of the labelled image show the known-content lists at work
+(``scorer.demo_known``).
 """
 
 from __future__ import annotations
@@ -132,6 +134,10 @@ def run_demo(args: argparse.Namespace) -> int:
         _print_table(rows, ids, args.show)
         print(f"demo: {len(rows)} verdicts in {elapsed:.1f}s", flush=True)
         _print_metrics(metrics_url)
+        if not args.no_known:
+            from scorer.demo_known import run_known_act
+
+            run_known_act(stack, rows, ids, metrics_url, _wait, log_path.parent)
     finally:
         if scorer.poll() is None:
             scorer.send_signal(signal.SIGTERM)
@@ -213,4 +219,5 @@ def add_demo_command(
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--log", default=".stack/demo-scorer.log")
+    p.add_argument("--no-known", action="store_true", help="skip the label-then-re-upload act")
     return run_demo

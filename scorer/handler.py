@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -26,6 +26,17 @@ from ingest.storage import ObjectStore
 from ingest.topics import IMAGES_VERDICTS
 from scorer.drift import PfakeDrift
 from scorer.engine import ServingModel, label_for
+from scorer.known_index import KnownIndex
+from scorer.pdq import to_hex
+from scorer.signals import (
+    ImageSignals,
+    SignalMetrics,
+    SignalReader,
+    SignalSettings,
+    decide,
+    lookup,
+    observe,
+)
 from scorer.sink import ImageRow, VerdictSink
 
 logger = logging.getLogger(__name__)
@@ -40,6 +51,7 @@ class ScorerMetrics:
     e2e_seconds: Histogram
     model_info: Gauge
     drift: PfakeDrift
+    signals: SignalMetrics
 
     @classmethod
     def create(cls, registry: CollectorRegistry, app: str = "scorer") -> ScorerMetrics:
@@ -66,6 +78,7 @@ class ScorerMetrics:
                 f"{app}_model_info", "The serving model (value 1)", ["version", "arch"], registry=registry
             ),
             drift=PfakeDrift(registry, app),
+            signals=SignalMetrics.create(registry, app),
         )
 
 
@@ -77,6 +90,7 @@ class _Item:
     array: np.ndarray | None = None
     size: tuple[int, int] | None = None
     fmt: str | None = None
+    found: ImageSignals = field(default_factory=ImageSignals)
 
 
 class ScoreHandler:
@@ -94,7 +108,10 @@ class ScoreHandler:
         persist_inline: bool = True,
         decode_workers: int = 2,
         chunk: int = 64,
+        signals: SignalSettings | None = None,
+        known_index: KnownIndex | None = None,
     ) -> None:
+        """``signals`` None: no PDQ, provenance or known-content matching (the model alone decides)."""
         self.fetcher = fetcher
         self.limits = limits
         self.sink = sink
@@ -105,6 +122,9 @@ class ScoreHandler:
         self.metrics = metrics
         self.persist_inline = persist_inline
         self.chunk = max(1, chunk)
+        self.signal_settings = signals
+        self.reader = SignalReader(signals) if signals is not None else None
+        self.known_index = known_index
         # PIL releases the GIL while decoding, so a small pool overlaps decodes on a multi-core host.
         self._decode_pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode")
         self._show_model()
@@ -134,22 +154,7 @@ class ScoreHandler:
             return
         t3 = time.monotonic()
         self._persist_inline(items)
-        scored_at = utcnow()
-        verdicts = [
-            Verdict(
-                image_id=it.msg.image_id,
-                model_version=model.version,
-                p_fake=float(p),
-                label=label_for(float(p), model.meta.threshold, self.band),
-                threshold=model.meta.threshold,
-                original_size=it.size,
-                original_format=it.fmt,
-                submitted_at=it.msg.submitted_at,
-                scored_at=scored_at,
-                timings_ms={k: round(v, 3) for k, v in timings.items()},
-            )
-            for it, p in zip(items, p_fake, strict=True)
-        ]
+        verdicts = self._verdicts(items, p_fake, model, timings)
         self.sink.write([self._image_row(it) for it in items], verdicts)
         t4 = time.monotonic()
         for it, v in zip(items, verdicts, strict=True):
@@ -157,6 +162,38 @@ class ScoreHandler:
         self._observe(verdicts, {**timings, "write": (t4 - t3) * 1e3})
 
     # -- steps ------------------------------------------------------------------------------------
+
+    def _verdicts(
+        self, items: list[_Item], p_fake: np.ndarray, model: ServingModel, timings: dict[str, float]
+    ) -> list[Verdict]:
+        t0 = time.monotonic()
+        cfg = self.signal_settings
+        matches = lookup(self.known_index, [it.found for it in items], cfg.min_quality) if cfg else []
+        timings["match"] = (time.monotonic() - t0) * 1e3
+        scored_at = utcnow()
+        verdicts = []
+        for i, (it, p) in enumerate(zip(items, p_fake, strict=True)):
+            label = label_for(float(p), model.meta.threshold, self.band)
+            signals = None
+            if cfg is not None:
+                label, signals = decide(label, it.found, matches[i], cfg.provenance_decides)
+                observe(self.metrics.signals, it.found, signals, cfg.min_quality)
+            verdicts.append(
+                Verdict(
+                    image_id=it.msg.image_id,
+                    model_version=model.version,
+                    p_fake=float(p),
+                    label=label,
+                    threshold=model.meta.threshold,
+                    original_size=it.size,
+                    original_format=it.fmt,
+                    submitted_at=it.msg.submitted_at,
+                    scored_at=scored_at,
+                    timings_ms={k: round(v, 3) for k, v in timings.items()},
+                    signals=signals,
+                )
+            )
+        return verdicts
 
     @staticmethod
     def _account(batch: Batch, items: list[_Item]) -> None:
@@ -238,9 +275,14 @@ class ScoreHandler:
     def _decode_one(self, it: _Item, size: int) -> PermanentError | None:
         assert it.data is not None
         try:
+            if self.reader is not None:
+                # From the original bytes, before any pixel is decoded; never raises.
+                it.found.provenance = self.reader.provenance(it.data)
             decoded = decode_image(it.data, self.limits, target_size=size)
             it.array = to_rgb_array(decoded, size)
             it.size, it.fmt = decoded.size, decoded.format
+            if self.reader is not None:
+                self.reader.hash(it.array, it.found)
             return None
         except PermanentError as e:
             return e
@@ -256,8 +298,16 @@ class ScoreHandler:
     def _image_row(self, it: _Item) -> ImageRow:
         digest = hashlib.sha256(it.data or b"").hexdigest()
         ref = it.msg.ref or (f"s3://images/{digest}" if self.persist_inline else None)
+        pdq = None if it.found.hashes is None else to_hex(it.found.hashes[0])
         return ImageRow(
-            it.msg.image_id, ref, digest, it.msg.source, it.msg.submitted_at, dict(it.msg.metadata)
+            it.msg.image_id,
+            ref,
+            digest,
+            it.msg.source,
+            it.msg.submitted_at,
+            dict(it.msg.metadata),
+            pdq,
+            it.found.quality if pdq is not None else None,
         )
 
     def _observe(self, verdicts: list[Verdict], timings_ms: dict[str, float]) -> None:

@@ -2,7 +2,9 @@
 
 Inputs are image files, folders (walked recursively, sorted) and zip archives (their image members).
 Each input yields one JSON line: a verdict, or the same error code the streaming path would dead-letter
-with. A summary table (counts per label) goes to stderr at the end.
+with. A summary table (counts per label) goes to stderr at the end. Verdicts carry the same ``signals``
+block as the streaming path: provenance from the bytes, the PDQ hash, and, with ``--known LIST.csv`` (an
+exported known-content list), the match that decided the label.
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ from tqdm import tqdm
 
 from ingest.decode import DecodeLimits, decode_image, to_rgb_array
 from ingest.errors import PermanentError
+from ingest.known_csv import parse_csv
 from scorer.engine import ServingModel, label_for
+from scorer.known_index import Entry, KnownIndex
+from scorer.pdq import from_hex
+from scorer.signals import ImageSignals, SignalReader, SignalSettings, decide, lookup
 
 logger = logging.getLogger(__name__)
 
@@ -70,26 +76,36 @@ def score_sources(
     band: float,
     batch_size: int = 256,
     on_batch: BatchHook | None = None,
+    signals: SignalSettings | None = None,
+    index: KnownIndex | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One result dict per source, in input order. ``on_batch`` sees each scored batch (uint8 NHWC arrays
-    and their rows, before they are yielded) and may add fields to the rows."""
-    pending: list[tuple[Source, dict[str, Any], np.ndarray]] = []
+    and their rows, before they are yielded) and may add fields to the rows. ``signals`` None: the model
+    alone decides and rows carry no ``signals``."""
+    pending: list[tuple[ImageSignals, dict[str, Any], np.ndarray]] = []
+    reader = SignalReader(signals) if signals is not None else None
 
     def flush() -> Iterator[dict[str, Any]]:
         if not pending:
             return
         arrays = np.stack([a for _, _, a in pending])
         p_fake = model.predict(arrays)
-        for (_src, row, _arr), p in zip(pending, p_fake, strict=True):
+        found = [f for f, _, _ in pending]
+        matches = lookup(index, found, signals.min_quality) if signals is not None else [None] * len(found)
+        for (f, row, _arr), p, match in zip(pending, p_fake, matches, strict=True):
+            label = label_for(float(p), model.meta.threshold, band)
+            if signals is not None:
+                label, sig = decide(label, f, match, signals.provenance_decides)
+                row["signals"] = sig.model_dump(mode="json", exclude_none=True)
             row.update(
                 p_fake=round(float(p), 6),
-                label=label_for(float(p), model.meta.threshold, band),
+                label=label,
                 threshold=model.meta.threshold,
                 model_version=model.version,
             )
         if on_batch is not None:
             on_batch(arrays, [row for _, row, _ in pending])
-        for _src, row, _arr in pending:
+        for _f, row, _arr in pending:
             yield row
         pending.clear()
 
@@ -98,14 +114,17 @@ def score_sources(
         try:
             if src.refused:
                 raise PermanentError(f"larger than {limits.max_bytes} bytes: {src.refused}", code="too_large")
+            found = ImageSignals(provenance=reader.provenance(src.data) if reader else None)
             decoded = decode_image(src.data, limits, target_size=model.input_size)
             arr = to_rgb_array(decoded, model.input_size)
+            if reader is not None:
+                reader.hash(arr, found)
         except PermanentError as e:
             yield from flush()  # keep output in input order
             yield {**row, "error": getattr(e, "code", "permanent"), "reason": e.reason}
             continue
         row.update(original_size=list(decoded.size), original_format=decoded.format)
-        pending.append((src, row, arr))
+        pending.append((found, row, arr))
         if len(pending) >= batch_size:
             yield from flush()
     yield from flush()
@@ -120,9 +139,22 @@ def summary_table(counts: Counter[str]) -> str:
     return "\n".join(lines)
 
 
+def load_known_csv(path: str, max_distance: int) -> KnownIndex:
+    """An index over an exported known-content list (``pdq,label,note``); entries are numbered by row."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = parse_csv(f)
+    index = KnownIndex(max_distance=max_distance)
+    index.apply(
+        Entry(n, from_hex(r.pdq).tobytes(), r.label, True, source="import") for n, r in enumerate(rows, 1)
+    )
+    return index
+
+
 def run_score(args: argparse.Namespace) -> int:
     limits = DecodeLimits()
     model = ServingModel.load(args.weights, args.device)
+    signals = None if args.no_signals else SignalSettings()
+    index = load_known_csv(args.known, signals.match_distance) if args.known and signals else None
     out: IO[str] = open(args.out, "w") if args.out else sys.stdout  # noqa: SIM115 - closed below
     counts: Counter[str] = Counter()
     on_batch: BatchHook | None = None
@@ -133,7 +165,14 @@ def run_score(args: argparse.Namespace) -> int:
         on_batch = FolderExplainer(model, args.explain)
     try:
         results = score_sources(
-            iter_sources(args.paths, limits), model, limits, args.uncertain_band, args.batch, on_batch
+            iter_sources(args.paths, limits),
+            model,
+            limits,
+            args.uncertain_band,
+            args.batch,
+            on_batch,
+            signals,
+            index,
         )
         for row in tqdm(results, desc="scoring", unit="img", file=sys.stderr, disable=args.quiet):
             counts[row.get("label") or f"error:{row['error']}"] += 1
@@ -161,6 +200,12 @@ def add_score_command(
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--uncertain-band", type=float, default=0.1)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--known",
+        metavar="LIST.csv",
+        help="match against a known-content list (pdq,label,note: `retrainer known export`)",
+    )
+    p.add_argument("--no-signals", action="store_true", help="model only: no provenance, PDQ or matching")
     p.add_argument(
         "--explain",
         metavar="DIR",

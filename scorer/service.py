@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 
 import torch
+from prometheus_client import CollectorRegistry
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -23,6 +24,9 @@ from ingest.topics import IMAGES_SUBMITTED, MODELS_PUBLISHED
 from scorer.engine import ServingModel, warm_up
 from scorer.handler import ScoreHandler, ScorerMetrics
 from scorer.hotswap import ModelWatcher
+from scorer.known_index import KnownIndex
+from scorer.known_watcher import KnownContentWatcher
+from scorer.signals import SignalSettings
 from scorer.sink import PostgresVerdictSink
 
 logger = logging.getLogger(__name__)
@@ -54,6 +58,7 @@ class ScorerSettings(ServiceSettings):
     infer_chunk: int = Field(default=64, ge=1)
     fetch: FetchSettings = FetchSettings()
     limits: DecodeLimits = DecodeLimits()
+    signals: SignalSettings = SignalSettings()
 
 
 def cpu_threads(configured: int | None, cpus: int | None = None) -> int:
@@ -76,7 +81,10 @@ def run_scorer(
     settings: ScorerSettings,
     max_records: int | None = None,
     idle_timeout: float | None = None,
+    known_index: KnownIndex | None = None,
 ) -> RunStats:
+    """Score until a stop condition. ``known_index``: the index to keep the known-content lists in (tests
+    pass their own to watch it fill); a new one when None."""
     logger.info("scorer settings: %s", describe(settings))
     store = S3Store(stack.s3)
     model = ServingModel.load(settings.weights, settings.device)
@@ -112,6 +120,8 @@ def run_scorer(
             persist_inline=settings.persist_inline,
             decode_workers=settings.decode_workers,
             chunk=settings.infer_chunk,
+            signals=settings.signals if settings.signals.enabled else None,
+            known_index=start_known_content(stack, settings.signals, registry, resources, known_index),
         )
         resources.callback(handler.close)
         service = build_service(
@@ -128,6 +138,32 @@ def run_scorer(
             watcher.start()
             resources.callback(watcher.stop)
         return service.loop.run(max_records=max_records, idle_timeout=idle_timeout)
+
+
+def start_known_content(
+    stack: StackSettings,
+    signals: SignalSettings,
+    registry: CollectorRegistry,
+    resources: contextlib.ExitStack,
+    index: KnownIndex | None = None,
+) -> KnownIndex | None:
+    """The known-content index, loaded from PostgreSQL and following its topic, or None when turned off.
+
+    Waits up to ``ready_timeout_s`` for the first load, so a starting scorer does not score re-uploads of
+    labelled images against empty lists; past that it scores anyway (``scorer_known_content_ready`` 0)."""
+    if not (signals.enabled and signals.known_content):
+        return None
+    if index is None:
+        index = KnownIndex(max_distance=signals.match_distance)
+    watcher = KnownContentWatcher(stack.kafka, stack.pg, index, registry, topic=signals.known_topic)
+    watcher.start()
+    resources.callback(watcher.stop)
+    if not watcher.wait_ready(signals.ready_timeout_s):
+        logger.warning(
+            "known-content lists not loaded after %.0fs; scoring without them until they are",
+            signals.ready_timeout_s,
+        )
+    return index
 
 
 def add_run_command(

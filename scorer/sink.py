@@ -25,13 +25,14 @@ from ingest.settings import PostgresSettings
 logger = logging.getLogger(__name__)
 
 INSERT_IMAGES = """
-INSERT INTO images (id, ref, sha256, source, submitted_at, metadata) VALUES %s
-ON CONFLICT (id) DO NOTHING
+INSERT INTO images (id, ref, sha256, source, submitted_at, metadata, pdq, pdq_quality) VALUES %s
+ON CONFLICT (id) DO UPDATE SET pdq = EXCLUDED.pdq, pdq_quality = EXCLUDED.pdq_quality
+WHERE images.pdq IS NULL AND EXCLUDED.pdq IS NOT NULL
 """
 
 INSERT_VERDICTS = """
 INSERT INTO verdicts (image_id, model_version, p_fake, label, threshold, original_size, original_format,
-                      submitted_at, scored_at, timings)
+                      submitted_at, scored_at, timings, signals)
 VALUES %s
 ON CONFLICT (image_id, model_version) DO NOTHING
 """
@@ -45,6 +46,8 @@ class ImageRow:
     source: str
     submitted_at: datetime
     metadata: dict[str, str]
+    pdq: str | None = None  # PDQ hex of the decoded pixels (known-content lists take it from here)
+    pdq_quality: int | None = None
 
 
 class VerdictSink(Protocol):
@@ -84,7 +87,7 @@ class PostgresVerdictSink:
 
 
 def _image_values(i: ImageRow) -> tuple[Any, ...]:
-    return (i.id, i.ref, i.sha256, i.source, i.submitted_at, json.dumps(i.metadata))
+    return (i.id, i.ref, i.sha256, i.source, i.submitted_at, json.dumps(i.metadata), i.pdq, i.pdq_quality)
 
 
 def _verdict_values(v: Verdict) -> tuple[Any, ...]:
@@ -99,4 +102,5 @@ def _verdict_values(v: Verdict) -> tuple[Any, ...]:
         v.submitted_at,
         v.scored_at,
         json.dumps(v.timings_ms),
+        None if v.signals is None else v.signals.model_dump_json(exclude_none=True),
     )

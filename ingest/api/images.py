@@ -21,6 +21,7 @@ from ingest.api.app import AppState, state
 from ingest.contracts import Metadata, parse_s3_ref
 from ingest.errors import PermanentError
 from ingest.intake import HTTP_STATUS_FOR_CODE, Accepted
+from ingest.signals import Signals, reasons
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +224,10 @@ class VerdictOut(BaseModel):
     scored_at: str
     original_size: list[int] | None
     original_format: str | None
+    signals: dict[str, Any] | None = Field(
+        description="known-content match, provenance and what decided the label (ingest/signals.py)"
+    )
+    reasons: list[str] = Field(description="the signals in words, as the review console shows them")
     explanations: list[ExplanationOut]
 
 
@@ -239,8 +244,8 @@ def image_report(st: AppState, image_id: str) -> ImageOut | None:
         cur.execute("SELECT source, submitted_at FROM images WHERE id = %s", (image_id,))
         img = cur.fetchone()
         cur.execute(
-            "SELECT model_version, p_fake, label, threshold, scored_at, original_size, original_format"
-            " FROM verdicts WHERE image_id = %s ORDER BY scored_at",
+            "SELECT model_version, p_fake, label, threshold, scored_at, original_size, original_format,"
+            " signals FROM verdicts WHERE image_id = %s ORDER BY scored_at",
             (image_id,),
         )
         verdicts = cur.fetchall()
@@ -253,7 +258,7 @@ def image_report(st: AppState, image_id: str) -> ImageOut | None:
     if img is None and not verdicts:
         return None
     out = []
-    for mv, p, label, thr, scored, size, fmt in verdicts:
+    for mv, p, label, thr, scored, size, fmt, signals in verdicts:
         links = [
             ExplanationOut(
                 method=m, links=presign_keys(st, k or {}), evidence=ev or {}, created_at=c.isoformat()
@@ -270,6 +275,8 @@ def image_report(st: AppState, image_id: str) -> ImageOut | None:
                 scored_at=scored.isoformat(),
                 original_size=list(size) if size else None,
                 original_format=fmt,
+                signals=signals,
+                reasons=reasons(_signals(signals)),
                 explanations=links,
             )
         )
@@ -280,6 +287,16 @@ def image_report(st: AppState, image_id: str) -> ImageOut | None:
         submitted_at=img[1].isoformat() if img and img[1] else None,
         verdicts=out,
     )
+
+
+def _signals(raw: dict[str, Any] | None) -> Signals | None:
+    """The stored block, or None when absent or of a version this build does not read."""
+    if not raw:
+        return None
+    try:
+        return Signals.model_validate(raw)
+    except ValidationError:
+        return None
 
 
 def explanation_location(st: AppState, key: str) -> tuple[str, str]:

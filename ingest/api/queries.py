@@ -13,8 +13,10 @@ from datetime import date, datetime
 from typing import Any, TypeAlias
 
 import psycopg2.extensions
+from pydantic import ValidationError
 
 from ingest.contracts import Feedback
+from ingest.signals import Signals, reasons
 
 Conn: TypeAlias = psycopg2.extensions.connection
 
@@ -53,6 +55,7 @@ class Item:
     keys: dict[str, str] = field(default_factory=dict)
     evidence: dict[str, Any] = field(default_factory=dict)
     my_label: str | None = None
+    reasons: list[str] = field(default_factory=list)  # the verdict's signals in words (ingest.signals)
 
 
 QUEUE_SQL = """
@@ -98,7 +101,8 @@ def item(conn: Conn, moderator: str, image_id: str, model_version: str | None) -
     with conn.cursor() as cur:
         cur.execute(
             "SELECT image_id, model_version, p_fake, label, threshold, scored_at, original_size,"
-            " original_format FROM verdicts WHERE image_id = %s AND (%s::text IS NULL OR model_version = %s)"
+            " original_format, signals FROM verdicts"
+            " WHERE image_id = %s AND (%s::text IS NULL OR model_version = %s)"
             " ORDER BY scored_at DESC LIMIT 1",
             (image_id, model_version, model_version),
         )
@@ -106,6 +110,7 @@ def item(conn: Conn, moderator: str, image_id: str, model_version: str | None) -
         if row is None:
             return None
         it = Item(QueueItem(*row[:6]), None, list(row[6]) if row[6] else None, row[7])
+        it.reasons = signal_reasons(row[8])
         cur.execute("SELECT ref FROM images WHERE id = %s", (image_id,))
         ref = cur.fetchone()
         it.ref = ref[0] if ref else None
@@ -123,6 +128,16 @@ def item(conn: Conn, moderator: str, image_id: str, model_version: str | None) -
         mine = cur.fetchone()
         it.my_label = mine[0] if mine else None
     return it
+
+
+def signal_reasons(raw: dict[str, Any] | None) -> list[str]:
+    """The stored signals block in words; nothing for a block this build cannot read."""
+    if not raw:
+        return []
+    try:
+        return reasons(Signals.model_validate(raw))
+    except ValidationError:
+        return ["signals recorded in a newer format than this console reads"]
 
 
 def explanation_keys(conn: Conn, image_id: str, model_version: str, method: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from ingest.contracts import MAX_INLINE_BYTES
+from tests import provenance_fixtures as prov
 from tests.imagegen import (
     animated_gif,
     half,
@@ -239,5 +240,40 @@ IMAGE_CASES = [
     SubmittedCase("png with a corrupt header crc", "image", "undecodable", image=png_bad_ihdr_crc),
     SubmittedCase("png with garbage pixel data", "image", "undecodable", image=png_garbage_idat),
 ]
+
+# Provenance metadata, declared or hostile: read before decoding, it must never cost the image its verdict.
+# (A zTXt inflating past PIL's 1 MB MAX_TEXT_CHUNK, or a text chunk with a bad CRC, is refused by the
+# decoder itself: those are decoder cases, not these.)
+_AI = "trainedAlgorithmicMedia"
+PROVENANCE_CASES = [
+    SubmittedCase(
+        "png with a1111 parameters",
+        "image",
+        "verdict",
+        image=lambda: prov.png_with_chunks([prov.text_chunk("parameters", prov.A1111_PARAMETERS)]),
+    ),
+    SubmittedCase(
+        "jpeg with iptc digital source type ai",
+        "image",
+        "verdict",
+        image=lambda: prov.jpeg_with_xmp(prov.dst_resource(_AI)),
+    ),
+    SubmittedCase("c2pa-signed jpeg", "image", "verdict", image=lambda: prov.c2pa_fixture("jpeg")),
+    SubmittedCase(
+        "c2pa jpeg with pixels changed after signing",
+        "image",
+        "verdict",
+        image=lambda: prov.tamper_pixels(prov.c2pa_fixture("jpeg")),
+    ),
+    SubmittedCase("malformed c2pa jumbf", "image", "verdict", image=prov.malformed_jumbf_jpeg),
+    SubmittedCase("xmp with a dtd (billion laughs)", "image", "verdict", image=prov.billion_laughs_xmp),
+    SubmittedCase("xmp nested 30000 deep", "image", "verdict", image=prov.deep_xmp_png),
+    SubmittedCase(
+        "png ztxt bomb under pil's limit", "image", "verdict", image=lambda: prov.text_bomb(900_000)
+    ),
+    SubmittedCase("png with 5000 text chunks", "image", "verdict", image=prov.many_text_chunks),
+    SubmittedCase("png text chunks of binary garbage", "image", "verdict", image=prov.garbage_text_chunks),
+]
+IMAGE_CASES += PROVENANCE_CASES
 
 CASES = MESSAGE_CASES + IMAGE_CASES

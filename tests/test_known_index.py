@@ -1,0 +1,421 @@
+"""scorer.pdq (bit layout, hex, dihedral variants) and scorer.known_index against a brute-force oracle."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from unittest import mock
+
+import numpy as np
+import pdqhash
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+from pdqhash.bindings import hash_to_vector
+
+from scorer import known_index, pdq
+from scorer.known_index import Entry, KnownIndex
+
+BYTES = pdq.HASH_BYTES
+
+
+# -- helpers --------------------------------------------------------------------------------------------
+
+
+def smooth_image(seed: int, h: int = 45, w: int = 70) -> np.ndarray:
+    """A natural-looking RGB image (low-frequency waves and blobs, no noise), off the 64 px grid."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.zeros((h, w, 3))
+    for _ in range(6):
+        fx, fy = rng.uniform(0.5, 3, 2)
+        img += rng.uniform(20, 60, 3) * np.sin(2 * np.pi * (fx * x + fy * y) + rng.uniform(0, 6.3))[..., None]
+    for _ in range(3):
+        cx, cy = rng.uniform(0.2, 0.8, 2)
+        blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / rng.uniform(0.05, 0.2) ** 2)
+        img += rng.uniform(-80, 80, 3) * blob[..., None]
+    img -= img.min()
+    return (img / img.max() * 255).astype(np.uint8)
+
+
+def flip_bits(code: np.ndarray, positions: Sequence[int]) -> np.ndarray:
+    bits = np.unpackbits(code)
+    bits[list(positions)] ^= 1
+    return np.packbits(bits)
+
+
+def entry(entry_id: int, code: np.ndarray, label: str = "fake", active: bool = True, **kw: object) -> Entry:
+    return Entry(entry_id, code.tobytes(), label, active, **kw)  # type: ignore[arg-type]
+
+
+def oracle(entries: dict[int, Entry], queries: np.ndarray, max_distance: int) -> list[tuple[int, int] | None]:
+    """(distance, entry_id) of the nearest active entry per image, smallest distance then lowest id."""
+    live = sorted((e.entry_id, e.hash) for e in entries.values() if e.active)
+    if not live or not len(queries):
+        return [None] * len(queries)
+    ids = np.array([eid for eid, _ in live])
+    codes = np.frombuffer(b"".join(h for _, h in live), dtype=np.uint8).reshape(-1, BYTES)
+    dist = np.bitwise_count(queries[:, :, None, :] ^ codes[None, None]).sum(axis=3).min(axis=1)  # [N, E]
+    out: list[tuple[int, int] | None] = []
+    for row in dist:
+        best = int(np.argmin(row))  # ids are sorted: the first minimum has the lowest id
+        out.append((int(row[best]), int(ids[best])) if row[best] <= max_distance else None)
+    return out
+
+
+def found(index: KnownIndex, queries: np.ndarray) -> list[tuple[int, int] | None]:
+    return [None if m is None else (m.distance, m.entry_id) for m in index.lookup(queries)]
+
+
+@contextmanager
+def exact_tables() -> Iterator[None]:
+    """16 chunks of 16 bits: by pigeonhole exact at d <= 31, so the oracle comparison cannot be flaky."""
+    with mock.patch.object(known_index, "mih_params", return_value=(16, 16)):
+        yield
+
+
+RNG = np.random.default_rng(20_240_601)
+A = RNG.integers(0, 256, BYTES, dtype=np.uint8)
+B = RNG.integers(0, 256, BYTES, dtype=np.uint8)
+
+
+def one(code: np.ndarray, variants: int = 1) -> np.ndarray:
+    """A query of one image whose first variant is ``code`` (the others: unrelated random hashes)."""
+    q = np.random.default_rng(1).integers(0, 256, (1, variants, BYTES), dtype=np.uint8)
+    q[0, 0] = code
+    return q
+
+
+# -- scorer.pdq ----------------------------------------------------------------------------------------
+
+
+@given(st.lists(st.integers(0, 0xFFFF), min_size=16, max_size=16))
+def test_packing_matches_the_reference_format(words: list[int]) -> None:
+    # The binding turns Hash256.w into its output with hash_to_vector; Hash256::format prints w[15]..w[0].
+    packed = np.packbits(np.asarray(hash_to_vector(words), dtype=np.uint8))
+    assert pdq.to_hex(packed) == "".join(f"{w:04x}" for w in reversed(words))
+
+
+@given(st.binary(min_size=BYTES, max_size=BYTES))
+def test_hex_round_trip(raw: bytes) -> None:
+    code = np.frombuffer(raw, dtype=np.uint8)
+    text = pdq.to_hex(code)
+    assert len(text) == 64 and text == text.lower()
+    assert np.array_equal(pdq.from_hex(text), code)
+    assert np.array_equal(pdq.from_hex(text.upper()), code)
+
+
+@pytest.mark.parametrize("bad", ["", "0" * 63, "0" * 65, "g" * 64, " " + "0" * 63, "0x" + "0" * 62, None, 12])
+def test_from_hex_rejects(bad: object) -> None:
+    with pytest.raises(ValueError):
+        pdq.from_hex(bad)  # type: ignore[arg-type]
+
+
+def test_to_hex_rejects_wrong_shape() -> None:
+    with pytest.raises(ValueError):
+        pdq.to_hex(np.zeros(31, dtype=np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (45, 70), (256, 256)])
+def test_dihedral_row0_is_compute(shape: tuple[int, int]) -> None:
+    img = smooth_image(3, *shape)
+    hashes, quality = pdq.dihedral(img)
+    bits, q0 = pdqhash.compute(img)
+    assert hashes.shape == (8, BYTES) and hashes.dtype == np.uint8
+    assert np.array_equal(hashes[0], np.packbits(bits.astype(np.uint8)))
+    assert quality == q0
+    assert len({h.tobytes() for h in hashes}) > 1
+
+
+@pytest.mark.parametrize(
+    "bad", [np.zeros((8, 8, 4), np.uint8), np.zeros((8, 8, 3), np.float32), np.zeros((8, 8), np.uint8)]
+)
+def test_dihedral_rejects_non_rgb(bad: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        pdq.dihedral(bad)
+
+
+def test_tiny_and_flat_images_have_zero_quality() -> None:
+    hashes, quality = pdq.dihedral(np.full((3, 4, 3), 200, np.uint8))
+    assert quality == 0 and not hashes.any()
+    assert pdq.dihedral(np.full((64, 64, 3), 200, np.uint8))[1] < pdq.MIN_QUALITY
+
+
+TRANSFORMS = {
+    "rot90": lambda a: np.rot90(a, 1),
+    "rot180": lambda a: np.rot90(a, 2),
+    "rot270": lambda a: np.rot90(a, 3),
+    "fliplr": lambda a: np.flip(a, 1),
+    "flipud": lambda a: np.flip(a, 0),
+    "transpose": lambda a: a.transpose(1, 0, 2),
+    "antitranspose": lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+def test_transformed_pixels_are_found_through_the_variants(name: str) -> None:
+    images = [smooth_image(seed) for seed in range(6)]
+    index = KnownIndex()
+    index.apply(entry(i + 1, pdq.dihedral(img)[0][0]) for i, img in enumerate(images))
+    uploads = np.stack([pdq.dihedral(np.ascontiguousarray(TRANSFORMS[name](img)))[0] for img in images])
+    matches = index.lookup(uploads)
+    assert [m.entry_id if m else None for m in matches] == list(range(1, 7))
+    # The transformed upload's own hash is far from the stored one: only a variant brings it back.
+    assert all(pdq.hamming(uploads[i, 0], pdq.dihedral(images[i])[0][0]) > 31 for i in range(6))
+
+
+# -- KnownIndex: behaviour -----------------------------------------------------------------------------
+
+
+def test_empty_index_and_empty_batch() -> None:
+    index = KnownIndex()
+    assert index.lookup(np.zeros((3, 8, BYTES), np.uint8)) == [None, None, None]
+    assert index.lookup(np.zeros((0, 8, BYTES), np.uint8)) == []
+    assert len(index) == 0 and index.memory_bytes() >= 0
+    index.apply([])
+    assert len(index) == 0
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, BYTES), np.uint8), np.zeros((1, 8, 31), np.uint8)])
+def test_lookup_rejects_bad_queries(bad: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        KnownIndex().lookup(bad)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"entry_id": 0}, {"hash": b"\0" * 31}, {"label": "maybe"}, {"moderators": -1}, {"image_id": "x" * 129}],
+)
+def test_entry_validation(kw: dict[str, object]) -> None:
+    fields: dict[str, object] = {"entry_id": 1, "hash": bytes(BYTES), "label": "fake", "active": True} | kw
+    with pytest.raises(ValueError):
+        Entry(**fields)  # type: ignore[arg-type]
+
+
+def test_match_carries_the_metadata() -> None:
+    index = KnownIndex()
+    index.apply([entry(5, A, "real", image_id="img-5", moderators=3, source="import")])
+    (m,) = index.lookup(one(flip_bits(A, range(4))))
+    assert m is not None
+    assert (m.entry_id, m.label, m.distance, m.image_id, m.moderators, m.source) == (
+        5,
+        "real",
+        4,
+        "img-5",
+        3,
+        "import",
+    )
+
+
+def test_radius_is_inclusive() -> None:
+    index = KnownIndex(max_distance=31)
+    index.apply([entry(1, A)])
+    assert found(index, one(flip_bits(A, range(31)))) == [(31, 1)]
+    assert found(index, one(flip_bits(A, range(32)))) == [None]
+
+
+def test_inactive_nearest_does_not_hide_an_active_one() -> None:
+    index = KnownIndex()
+    index.apply([entry(1, flip_bits(A, range(2)), active=False), entry(2, flip_bits(A, range(100, 120)))])
+    assert found(index, one(A)) == [(20, 2)]
+    assert len(index) == 1
+
+
+def test_ties_go_to_the_lowest_entry_id() -> None:
+    index = KnownIndex()
+    index.apply([entry(9, A), entry(4, A), entry(6, A)])
+    assert found(index, one(A)) == [(0, 4)]
+    index.apply([entry(4, A, active=False)])
+    assert found(index, one(A)) == [(0, 6)]
+
+
+def test_label_change_deactivation_and_reactivation_take_effect_at_once() -> None:
+    index = KnownIndex()
+    index.apply([entry(1, A, "fake")])
+    before = index.describe()
+    index.apply([entry(1, A, "real", moderators=2)])
+    (m,) = index.lookup(one(A))
+    assert m is not None and (m.label, m.moderators) == ("real", 2)
+    index.apply([entry(1, A, "real", active=False)])
+    assert found(index, one(A)) == [None] and len(index) == 0
+    index.apply([entry(1, A, "real", active=True)])
+    assert found(index, one(A)) == [(0, 1)] and len(index) == 1
+    assert index.describe() == before  # metadata only: no new position, no rebuild
+
+
+def test_changed_hash_moves_the_entry() -> None:
+    index = KnownIndex()
+    index.apply([entry(1, A)])
+    index.apply([entry(1, B)])
+    assert found(index, one(A)) == [None]
+    assert found(index, one(B)) == [(0, 1)]
+    assert index.describe()["dead"] == 1 and len(index) == 1
+
+
+def test_a_match_on_any_variant_counts() -> None:
+    index = KnownIndex()
+    index.apply([entry(1, A)])
+    for v in range(8):
+        q = np.random.default_rng(100 + v).integers(0, 256, (1, 8, BYTES), dtype=np.uint8)
+        q[0, v] = flip_bits(A, range(v))
+        assert found(index, q) == [(v, 1)]
+
+
+def test_best_variant_wins_per_image_and_images_stay_apart() -> None:
+    index = KnownIndex()
+    index.apply([entry(1, A), entry(2, B)])
+    q = np.random.default_rng(0).integers(0, 256, (3, 8, BYTES), dtype=np.uint8)
+    q[0, 2], q[0, 6] = flip_bits(A, range(9)), flip_bits(B, range(3))
+    q[2, 7] = flip_bits(A, range(30))
+    assert found(index, q) == [(3, 2), None, (30, 1)]
+
+
+@pytest.mark.parametrize("n", [10, 5_000])
+def test_later_entries_and_rebuilds_keep_results(n: int) -> None:
+    """Crossing brute_force_max builds the tables; moving many hashes compacts; results equal the oracle."""
+    rng = np.random.default_rng(n)
+    codes = rng.integers(0, 256, (n, BYTES), dtype=np.uint8)
+    index = KnownIndex(brute_force_max=64, tail_max=16)
+    entries = {i + 1: entry(i + 1, codes[i], active=bool(i % 3)) for i in range(n)}
+    for start in range(0, n, max(1, n // 7)):
+        index.apply(list(entries.values())[start : start + max(1, n // 7)])
+    moved = {i: entry(i, rng.integers(0, 256, BYTES, dtype=np.uint8)) for i in range(1, n + 1, 2)}
+    index.apply(moved.values())
+    entries |= moved
+    assert index.describe()["dead"] < n // 4 + 16
+    picks = rng.integers(1, n + 1, 40)
+    q = rng.integers(0, 256, (40, 8, BYTES), dtype=np.uint8)
+    for row, eid in enumerate(picks):
+        q[row, row % 8] = flip_bits(
+            np.frombuffer(entries[eid].hash, np.uint8), rng.choice(256, 20, replace=False)
+        )
+    with exact_tables():
+        assert found(index, q) == oracle(entries, q, 31)
+    assert len(index) == sum(e.active for e in entries.values())
+
+
+def test_default_tables_are_exact_below_twice_their_chunk_count() -> None:
+    """With m chunks, a miss needs >= 2 flips in every chunk: d < 2m is always found."""
+    rng = np.random.default_rng(11)
+    for n in (5_000, 300_000):
+        m, b = known_index.mih_params(n)
+        codes = rng.integers(0, 256, (2_000, BYTES), dtype=np.uint8)
+        mih = known_index._MultiIndexHash(codes, m, b)
+        # Worst case for the tables: exactly two flips in every chunk but one, spread over the chunks.
+        d = min(2 * m - 1, 31)
+        # (in the tables' numbering: bit i of the native uint64 view, not np.unpackbits' order)
+        flips = [k * b + j for k in range(m) for j in range(2)][:d]
+        queries = np.stack([_flip_word_bits(c, flips) for c in codes[:200]])
+        rows, pos, dist = mih.search(queries, 31)
+        hits = {(int(r), int(p)) for r, p, dd in zip(rows, pos, dist, strict=True) if dd == d}
+        assert hits >= {(i, i) for i in range(200)}
+
+
+def _flip_word_bits(code: np.ndarray, bits: Sequence[int]) -> np.ndarray:
+    words = code.copy().view(np.uint64)
+    for i in bits:
+        words[i // 64] ^= np.uint64(1) << np.uint64(i % 64)
+    return words.view(np.uint8)
+
+
+def test_memory_grows_with_entries() -> None:
+    index = KnownIndex()
+    small = index.memory_bytes()
+    codes = np.random.default_rng(0).integers(0, 256, (10_000, BYTES), dtype=np.uint8)
+    index.apply(entry(i + 1, c, image_id=f"img-{i}") for i, c in enumerate(codes))
+    assert index.memory_bytes() > small + 10_000 * BYTES
+    assert index.describe()["main"] == 10_000
+
+
+# -- KnownIndex: property test against the oracle -------------------------------------------------------
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[list[list[Entry]], np.ndarray, int, int]:
+    """Batches of upserts (new, relabelled, (de)activated, moved) and queries planted near the entries."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    n = draw(st.integers(0, 40))
+    base = rng.integers(0, 256, (max(n, 1), BYTES), dtype=np.uint8)
+    if n > 3:
+        base[1] = base[0]  # two entries with the same hash: the tie rule decides
+        base[3] = flip_bits(base[2], range(5))
+    batches: list[list[Entry]] = []
+    ids = rng.permutation(np.arange(1, 10 * max(n, 1) + 1))[:n].tolist()
+    current = {eid: base[i] for i, eid in enumerate(ids)}
+    for _ in range(draw(st.integers(1, 4))):
+        batch = []
+        for eid in rng.choice(ids, size=min(n, int(rng.integers(0, n + 1))), replace=False) if n else []:
+            if rng.random() < 0.2:
+                current[int(eid)] = rng.integers(0, 256, BYTES, dtype=np.uint8)
+            label = "real" if rng.random() < 0.5 else "fake"
+            batch.append(entry(int(eid), current[int(eid)], label, active=bool(rng.random() < 0.7)))
+        batches.append(batch)
+    batches[0] = [entry(eid, base[i]) for i, eid in enumerate(ids)] + batches[0]
+    n_images = draw(st.integers(0, 12))
+    queries = rng.integers(0, 256, (n_images, 8, BYTES), dtype=np.uint8)
+    for img in range(n_images):
+        if n and rng.random() < 0.8:
+            near = current[ids[int(rng.integers(0, n))]]
+            k = int(rng.integers(0, 40))
+            queries[img, int(rng.integers(0, 8))] = flip_bits(near, rng.choice(256, k, replace=False))
+    max_distance = draw(st.sampled_from([0, 8, 31]))
+    brute_force_max = draw(st.sampled_from([0, 5, 4096]))
+    return batches, queries, max_distance, brute_force_max
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenarios())
+def test_lookup_equals_brute_force(scenario: tuple[list[list[Entry]], np.ndarray, int, int]) -> None:
+    batches, queries, max_distance, brute_force_max = scenario
+    state: dict[int, Entry] = {}
+    with exact_tables():
+        index = KnownIndex(max_distance, brute_force_max=brute_force_max, tail_max=3)
+        for batch in batches:
+            index.apply(batch)
+            state |= {e.entry_id: e for e in batch}
+            expected = oracle(state, queries, max_distance)
+            assert found(index, queries) == expected
+    event(f"multi-index tables: {index.describe()['main'] > 0}")
+    event(f"images matched: {sum(x is not None for x in expected)}/{len(queries)}")
+    assert len(index) == sum(e.active for e in state.values())
+
+
+# -- KnownIndex: one writer, one reader ------------------------------------------------------------------
+
+
+def test_concurrent_apply_and_lookup() -> None:
+    """Stable entries are always found exactly; a toggling entry is either absent or itself; no crash."""
+    rng = np.random.default_rng(5)
+    stable = rng.integers(0, 256, (50, BYTES), dtype=np.uint8)
+    toggling = rng.integers(0, 256, BYTES, dtype=np.uint8)
+    index = KnownIndex(brute_force_max=100, tail_max=50)  # small limits: rebuilds happen during the run
+    index.apply(entry(i + 1, c) for i, c in enumerate(stable))
+    queries = np.zeros((51, 8, BYTES), np.uint8)
+    queries[:50, 0], queries[50, 5] = stable, toggling
+    errors: list[BaseException] = []
+    writes_done = threading.Event()
+
+    def writer() -> None:
+        try:
+            for round_ in range(300):
+                noise = rng.integers(0, 256, (20, BYTES), dtype=np.uint8)
+                index.apply(entry(1000 + 20 * round_ + i, c) for i, c in enumerate(noise))
+                index.apply([entry(999, toggling, "real" if round_ % 2 else "fake", active=bool(round_ % 3))])
+        except BaseException as exc:  # surfaced in the main thread
+            errors.append(exc)
+        finally:
+            writes_done.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    lookups = 0
+    while not writes_done.is_set() or lookups < 5:
+        result = found(index, queries)
+        assert result[:50] == [(0, i + 1) for i in range(50)]
+        assert result[50] in (None, (0, 999))
+        lookups += 1
+    thread.join()
+    assert not errors and lookups >= 5
+    assert index.describe()["main"] > 0  # the tables were built while lookups ran
