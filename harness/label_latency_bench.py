@@ -8,12 +8,15 @@ On the running stack (`deploy/stack up`), in a schema and topics of its own (dro
 ``Feedback`` on the feedback topic and measures, per scorer, the time until that scorer's
 ``scorer_known_content_updates_total{outcome="applied"}`` has counted it (polled every 10 ms over HTTP).
 That path is the product's: Kafka -> feedback consumer -> PostgreSQL -> ``known_content.updates`` ->
-every scorer. Writes ``label_latency.json`` and prints it as one line.
+every scorer. With ``--backlog N`` the scorers are busy scoring N queued images meanwhile (the usual case).
+Writes ``label_latency[_busy].json`` and prints it as one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import os
 import re
@@ -34,9 +37,10 @@ from psycopg2 import sql
 
 from deploy.provision import apply_migrations, discover_migrations
 from harness.machine import machine_info
-from ingest.contracts import Feedback, encode, utcnow
+from ingest.contracts import Feedback, ImageSubmitted, encode, utcnow
 from ingest.kafka import make_admin, make_producer
 from ingest.settings import StackSettings, load
+from ingest.storage import S3Store
 
 ROOT = Path(__file__).resolve().parents[1]
 _APPLIED = re.compile(r'^scorer_known_content_updates_total\{outcome="applied"\} ([0-9.e+]+)$', re.M)
@@ -178,6 +182,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for u in urls:
                 _wait(lambda u=u: _metric(u, _READY) == 1.0, 180, f"{u} to load its lists", 0.2)
             producer = make_producer(stack.kafka, linger_ms=0)
+            if args.backlog:
+                _queue_backlog(stack, producer, inp, args.backlog, tag)
             lat: list[list[float]] = [[] for _ in urls]
             for i, image_id in enumerate(ids):
                 label = Feedback(image_id=image_id, label="fake", moderator="bench", labelled_at=utcnow())
@@ -209,8 +215,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load": "Kafka, MinIO, PostgreSQL, the scorers (idle input), the feedback consumer and this script"
         " share the machine",
     }
-    (out_dir / "label_latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    result["backlog"] = args.backlog
+    name = "label_latency_busy.json" if args.backlog else "label_latency.json"
+    (out_dir / name).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _queue_backlog(stack: StackSettings, producer: Any, topic: str, n: int, tag: str) -> None:
+    """``n`` references to one stored CIFAKE-sized JPEG, so the scorers score while labels arrive."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, "JPEG")
+    data = buf.getvalue()
+    key = hashlib.sha256(data).hexdigest()
+    S3Store(stack.s3).put("images", key, data, "image/jpeg")
+    for i in range(n):
+        image_id = f"bench-{tag}-load-{i}"
+        msg = ImageSubmitted(image_id=image_id, ref=f"s3://images/{key}", submitted_at=utcnow(), source="b")
+        producer.send(topic, key=image_id.encode(), value=encode(msg))
+    producer.flush()
 
 
 def _summary(x: np.ndarray) -> dict[str, float]:
@@ -228,6 +252,7 @@ def main() -> int:
     p.add_argument("--scorers", type=int, default=2)
     p.add_argument("--base-port", type=int, default=9181, help="metrics ports base..base+scorers-1")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backlog", type=int, default=0, help="images queued for the scorers before the labels")
     p.add_argument("--out", default="benchmarks/known_content")
     print(json.dumps(run(p.parse_args())), flush=True)
     return 0

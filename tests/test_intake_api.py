@@ -24,6 +24,7 @@ from tests.intake_helpers import (
     upload,
 )
 from tests.kafka_helpers import end_offsets, read_all
+from tests.known_helpers import picture, png_with_parameters
 from tests.scorer_helpers import ScorerThread, make_weights, scorer_settings
 
 pytestmark = pytest.mark.integration
@@ -33,7 +34,8 @@ def test_upload_is_scored_and_idempotent(
     stack: StackSettings, topic: str, group: str, tmp_path: Path
 ) -> None:
     key = new_api_key(stack)
-    data = random_png()
+    # Generation parameters in a PNG text chunk, as Automatic1111 writes them: the verdict says why.
+    data = png_with_parameters(picture(uuid.uuid4().int % 10_000))
     with running_intake(stack, intake_settings(topic=topic)) as base:
         status, doc = upload(base, key, data)
         assert status == 202, doc
@@ -62,6 +64,9 @@ def test_upload_is_scored_and_idempotent(
         (verdict,) = after["verdicts"]
         assert verdict["model_version"] == "api-test-v1" and 0.0 <= verdict["p_fake"] <= 1.0
         assert verdict["explanations"] == []  # no explainer ran: no links, no error
+        assert verdict["label"] == "fake" and verdict["signals"]["decided_by"] == "provenance"
+        assert len(verdict["signals"]["pdq"]["hash"]) == 64
+        assert any(r.startswith("png_text: declared ai") for r in verdict["reasons"]), verdict["reasons"]
 
 
 def test_refusals_have_json_bodies(stack: StackSettings, topic: str) -> None:

@@ -19,11 +19,13 @@ from prometheus_client import CollectorRegistry
 from explainer.handler import ExplainerMetrics
 from ingest.api.app import HttpMetrics
 from ingest.metrics import LoopMetrics, new_registry
-from ingest.settings import KafkaSettings
+from ingest.settings import KafkaSettings, PostgresSettings
 from retrainer.feedback import FeedbackMetrics
 from retrainer.worker import WorkerMetrics
 from scorer.handler import ScorerMetrics
 from scorer.hotswap import ModelWatcher
+from scorer.known_index import KnownIndex
+from scorer.known_watcher import KnownContentWatcher
 from tests.fetch_helpers import MemoryStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,6 +204,7 @@ def _exported_names() -> set[str]:
             ModelWatcher(KafkaSettings(), MemoryStore(), "cpu", reg, app=app)
         registries.append(reg)
     ScorerMetrics.create(registries[0])
+    KnownContentWatcher(KafkaSettings(), PostgresSettings(), KnownIndex(), registries[0])
     ExplainerMetrics.create(registries[1])
     FeedbackMetrics.create(registries[2])
     for factory in (WorkerMetrics.create, HttpMetrics.create):

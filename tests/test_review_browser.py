@@ -73,6 +73,13 @@ def seeded(stack: StackSettings) -> Iterator[tuple[str, list[str]]]:
                 (image_id, version, p_fake, label),
             )
         first = ids[EXPECTED_ORDER[0]]
+        # The signals block a known-content match writes: the console must say why in words.
+        signals = {
+            "version": 1,
+            "decided_by": "known_content",
+            "known": {"entry_id": 7, "label": "fake", "distance": 12, "image_id": "img-x", "moderators": 2},
+        }
+        cur.execute("UPDATE verdicts SET signals = %s WHERE image_id = %s", (json.dumps(signals), first))
         keys = {"overlay": f"{first}/{version}/gradcam/overlay.png"}
         store.put("explanations", keys["overlay"], random_png(), "image/png")
         evidence = {"top_cells": [3, 7], "mass_in_top_10pct": 0.41, "faithfulness": {"deletion_auc": 0.23}}
@@ -127,6 +134,8 @@ def test_label_three_items_with_the_keyboard(
         assert _current_id(page) == ids[EXPECTED_ORDER[0]]
         assert page.inner_text("#model-version") == version
         assert "mass_in_top_10pct" in page.inner_text("main") and "0.41" in page.inner_text("main")
+        why = page.inner_text("#reasons")
+        assert "matches image img-x labelled fake by 2 moderators, PDQ distance 12" in why
         assert (
             page.eval_on_selector("img.pixelated", "e => getComputedStyle(e).imageRendering") == "pixelated"
         )
