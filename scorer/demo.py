@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import os
 import random
 import signal
@@ -85,6 +86,8 @@ def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    # The demo is read by a person: kafka-python's connection chatter (INFO) would bury its lines.
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     stack = load(StackSettings)
     samples, described = load_samples(args.data, args.n, args.seed)
     print(f"demo: using {described}", flush=True)

@@ -37,7 +37,11 @@ Wait = Callable[[Callable[[], bool], float, str], None]
 
 def pick(rows: list[tuple[str, str, float, str]], truth: dict[str, str | None]) -> tuple[str, str]:
     """(image id, label a moderator would give): a fake the model missed if there is one."""
-    for want in (lambda t, lab: t == "fake" and lab != "fake", lambda t, lab: t is not None):
+    for want in (
+        lambda t, lab: t == "fake" and lab != "fake",
+        lambda t, lab: t == "fake",
+        lambda t, lab: t is not None,
+    ):
         for image_id, _v, _p, label in rows:
             t = truth[image_id]
             if want(t, label):

@@ -13,19 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from ingest.provenance import ProvenanceSettings, read_provenance
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, ConfigDict, Field
 
+from ingest.provenance import ProvenanceSettings, read_provenance
 from ingest.signals import KnownMatch, Pdq, Provenance, Signals
 from ingest.topics import KNOWN_CONTENT_UPDATES
 from scorer.engine import Label
 from scorer.known_index import KnownIndex
 from scorer.pdq import dihedral, to_hex
 
-# PDQ's usual match distance (Meta's HMA and ThreatExchange) and its quality floor.
+# PDQ's usual match distance (Meta's HMA and ThreatExchange).
 DEFAULT_MATCH_DISTANCE = 31
-DEFAULT_MIN_QUALITY = 50
 
 
 class SignalSettings(BaseModel):
@@ -38,9 +37,11 @@ class SignalSettings(BaseModel):
     known_content: bool = True
     known_topic: str = KNOWN_CONTENT_UPDATES
     match_distance: int = Field(default=DEFAULT_MATCH_DISTANCE, ge=0, le=128)
-    # Images whose hash has less quality are neither matched nor put on lists: featureless pictures
-    # (flat colours, soft gradients) hash alike whatever they show.
-    min_quality: int = Field(default=DEFAULT_MIN_QUALITY, ge=0, le=100)
+    # Images whose hash has less quality are not looked up. 0 by default: the quality floor that matters is
+    # the lists' (the retrainer keeps hashes of quality < 50 off them, as featureless pictures hash alike),
+    # and a re-upload's quality drops with recompression (57 -> 48 seen on a 32x32 CIFAKE fake at JPEG q50),
+    # so a floor on queries loses re-uploads while a false match still needs a listed hash within distance.
+    min_quality: int = Field(default=0, ge=0, le=100)
     # How long a starting scorer waits for the lists before it scores anyway (and says so).
     ready_timeout_s: float = Field(default=60.0, ge=0)
     provenance: ProvenanceSettings = ProvenanceSettings()
