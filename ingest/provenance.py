@@ -26,9 +26,10 @@ import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ingest.c2pa_reader import read_c2pa
 from ingest.provenance_fields import exif_findings, finding, matcher, text_findings, xmp_findings
@@ -58,6 +59,9 @@ class ProvenanceSettings(BaseModel):
     enabled: bool = True  # False: read nothing, return Provenance()
     c2pa: bool = True  # False: C2PA stores are reported "present" but never validated
     trust_anchors_pem: str | None = None  # CA roots for C2PA "Trusted"; None: at best "Valid"
+    # A PEM file of CA roots, read when the settings are built (a service's main), for operators who mount
+    # their trust list as a file rather than put certificates in an environment variable.
+    trust_anchors_file: str | None = None
     max_scan_bytes: int = Field(default=16 * MiB, ge=64)  # bytes walked; a longer file is walked this far
     max_chunks: int = Field(default=4096, ge=1)  # PNG chunks / JPEG segments / RIFF chunks walked
     max_xmp_bytes: int = Field(default=256 * KiB, ge=1)  # one XMP packet, before parsing
@@ -73,6 +77,20 @@ class ProvenanceSettings(BaseModel):
         if v is not None and "-----BEGIN CERTIFICATE-----" not in v:
             raise ValueError("trust_anchors_pem must hold PEM certificates")
         return v or None
+
+    @model_validator(mode="after")
+    def _read_anchors_file(self) -> ProvenanceSettings:
+        if self.trust_anchors_file is None:
+            return self
+        try:
+            pem = Path(self.trust_anchors_file).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"trust_anchors_file {self.trust_anchors_file}: {e}") from None
+        if "-----BEGIN CERTIFICATE-----" not in pem:
+            raise ValueError(f"trust_anchors_file {self.trust_anchors_file} holds no PEM certificate")
+        joined = "\n".join(p for p in (self.trust_anchors_pem, pem) if p)
+        object.__setattr__(self, "trust_anchors_pem", joined)  # frozen model: set once, while validating
+        return self
 
 
 _MAX_NOTES: Final = 64

@@ -9,10 +9,11 @@ Contract:
 - ``lookup(queries)`` takes uint8 ``[N, V, 32]`` (V dihedral variants of N images, packed as in
   ``scorer.pdq``) and returns, per image, the nearest *active* entry at distance ``<= max_distance`` over
   all its variants, or None. Ties: the smaller distance, then the lower ``entry_id``. All N*V hashes go
-  through one search call per segment (below). Inactive and dead positions are filtered after the search,
-  over every candidate within the radius, so an inactive nearest never hides an active one further away.
+  through one vectorised search per segment (below), in blocks of ``_QUERY_BLOCK`` hashes. Inactive and
+  dead positions are filtered after the search, over every candidate within the radius, so an inactive
+  nearest never hides an active one further away.
 - Threads: one writer (the list watcher) calls ``apply``, other threads call ``lookup``. A lock guards
-  the published state; a lookup holds it for one micro-batch (about 20 ms for 512 hashes over 10^6
+  the published state; a lookup holds it for one micro-batch (about 10 ms for 512 hashes over 10^6
   entries), a metadata update or an append holds it for microseconds. The expensive part of a rebuild
   (sorting 10^6 hashes into the multi-index tables, about 2 s) runs outside the lock on private arrays and
   is swapped in under it, so lookups never wait for a rebuild. The lock is needed because faiss indexes are
@@ -25,11 +26,12 @@ in a static multi-index hash (``_MultiIndexHash``); positions ``[n_main, n)`` ar
 (exact). Above it, the multi-index hash is rebuilt over all live positions whenever the tail exceeds
 ``tail_max`` or a quarter of the positions are dead.
 
-Why not faiss ``IndexBinaryMultiHash`` (what HMA uses): it is the same algorithm, but on one core at
-10^6 random hashes it verified candidates at about 400 ns each (hash-map buckets, a per-query hash set)
-and reached 600-3,400 hashes/s, below brute force at 16 bit chunks; the vectorised CSR tables here reach
-several times that with the same recall (see ``harness/known_content_bench.py`` and
-``benchmarks/known_content/index.json``, which also re-measure faiss's index).
+Why not faiss ``IndexBinaryMultiHash`` (what HMA uses): it is the same algorithm, but measured on one core
+at 10^6 random hashes it spent about 400 ns per candidate and reached 660 hashes/s with 16 x 16 bit chunks
+(brute force: about 800) and 3,500 with 13 x 19; the vectorised CSR tables here reach 40,000 with 13 x 19
+(no miss in 20,000 planted hashes) and 62,000 with the chosen 12 x 20 (5 misses, all at d = 28-31), see
+``harness/known_content_bench.py index`` and ``benchmarks/known_content/index.json``, which re-measures
+faiss's index beside them.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ Source = Literal["moderation", "import"]
 _LABELS: tuple[Label, ...] = ("real", "fake")
 _SOURCES: tuple[Source, ...] = ("moderation", "import")
 _IMAGE_ID_MAX = 128  # KnownMatch.image_id's limit, checked at apply so that lookup cannot fail on it
-# Queries are searched in blocks of this many hashes, which bounds the candidate arrays (~32 MB at 10^6).
+# Queries are searched in blocks of this many hashes (a 64-image micro-batch is one block), which bounds the
+# candidate arrays for large batches (about 10 MB per block at 10^6 entries).
 _QUERY_BLOCK = 1024
 
 
@@ -82,15 +85,17 @@ class Entry:
 def mih_params(n: int) -> tuple[int, int]:
     """(chunks m, bits per chunk b) of the multi-index hash over ``n`` hashes; each chunk probes 1 bit flip.
 
-    A hash within distance d of the query differs in at most one bit of some chunk unless every chunk holds
-    two or more of the d flips, which needs d >= 2m: with 15 chunks of 17 bits only d = 30, 31 can be missed,
-    with 13 chunks of 19 bits d >= 26, and rarely (for random flips 3 in 10^5 at d = 31; real edits cluster
-    their flips, which makes a chunk with at most one flip likelier still). Longer chunks mean fewer
-    candidates per probe (n / 2^b) but a larger table (m * 2^b offsets: 7.5 MB at b = 17, 27 MB at b = 19).
-    Measured on one core (random hashes, 512-hash blocks): 10^5 hashes: 89k/s at b = 17, 125k/s at b = 19;
-    10^6 hashes: 10k/s at b = 17, 43k/s at b = 19 (b = 20 reaches 63k/s but misses 2 in 10^4 at d <= 31).
+    b ~ log2(n) (Norouzi et al.): about one candidate per probe. A hash within distance d of the query
+    differs in at most one bit of some chunk unless every chunk holds two or more of the d flips, which needs
+    d >= 2m: 15 x 17 bits can only miss d = 30, 31, 12 x 20 bits d >= 24, and rarely: for random flips, 3 in
+    10^3 at d = 31 and 2 in 10^4 averaged over d = 0..31 (real edits cluster their flips, which makes a chunk
+    with at most one flip likelier still). Measured on one core at 10^6 random hashes, 512-hash calls, 20,000
+    hashes planted 0..31 flips away (benchmarks/known_content/index.json): b = 17: 11k hashes/s, 18: 25k,
+    19: 40k, all found; 20: 62k, 5 missed (d = 28-31). The tables take m * 2^b * 4 bytes (7.5 MB at b = 17,
+    48 MB at b = 20) plus 4 bytes per hash and chunk. Below 2^17 hashes b stays 17 (a smaller table would
+    not pay: 10^5 hashes run at ~90k/s).
     """
-    b = min(19, max(17, math.ceil(math.log2(max(n, 2))) - 1))
+    b = min(20, max(17, round(math.log2(max(n, 2)))))
     return HASH_BITS // b, b
 
 

@@ -154,7 +154,13 @@ def run_score(args: argparse.Namespace) -> int:
     limits = DecodeLimits()
     model = ServingModel.load(args.weights, args.device)
     signals = None if args.no_signals else SignalSettings()
-    index = load_known_csv(args.known, signals.match_distance) if args.known and signals else None
+    index = None
+    if args.known and signals is not None:
+        try:
+            index = load_known_csv(args.known, signals.match_distance)
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            print(f"scorer score: --known {args.known}: {e}", file=sys.stderr)
+            return 2
     out: IO[str] = open(args.out, "w") if args.out else sys.stdout  # noqa: SIM115 - closed below
     counts: Counter[str] = Counter()
     on_batch: BatchHook | None = None

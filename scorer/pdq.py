@@ -61,6 +61,18 @@ def dihedral(rgb: np.ndarray) -> tuple[np.ndarray, int]:
     return np.packbits(bits, axis=1), int(quality)
 
 
+def single(rgb: np.ndarray) -> tuple[np.ndarray, int]:
+    """Only the hash of the image as given, as uint8 ``[1, 32]``, and the quality: about a third of
+    ``dihedral``'s CPU (0.055 vs 0.18 ms at 32x32 here), for deployments that accept missing flipped and
+    rotated re-uploads."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected RGB uint8 HxWx3, got {rgb.dtype} {rgb.shape}")
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ValueError(f"empty image {rgb.shape}")
+    vector, quality = pdqhash.compute(rgb)
+    return np.packbits(np.asarray(vector, dtype=np.uint8))[None, :], int(quality)
+
+
 def to_hex(packed: np.ndarray) -> str:
     """64 lowercase hex digits of one packed hash (uint8 ``[32]``), in Meta's format."""
     row = np.asarray(packed)

@@ -21,7 +21,7 @@ from ingest.signals import KnownMatch, Pdq, Provenance, Signals
 from ingest.topics import KNOWN_CONTENT_UPDATES
 from scorer.engine import Label
 from scorer.known_index import KnownIndex
-from scorer.pdq import dihedral, to_hex
+from scorer.pdq import dihedral, single, to_hex
 
 # PDQ's usual match distance (Meta's HMA and ThreatExchange).
 DEFAULT_MATCH_DISTANCE = 31
@@ -37,6 +37,9 @@ class SignalSettings(BaseModel):
     known_content: bool = True
     known_topic: str = KNOWN_CONTENT_UPDATES
     match_distance: int = Field(default=DEFAULT_MATCH_DISTANCE, ge=0, le=128)
+    # True: look up the image's 8 flip/rotation variants (flipped or rotated re-uploads match). False: only
+    # the image as given, for a third of the hashing CPU (pdqhash holds the GIL while it hashes).
+    dihedral: bool = True
     # Images whose hash has less quality are not looked up. 0 by default: the quality floor that matters is
     # the lists' (the retrainer keeps hashes of quality < 50 off them, as featureless pictures hash alike),
     # and a re-upload's quality drops with recompression (57 -> 48 seen on a 32x32 CIFAKE fake at JPEG q50),
@@ -54,7 +57,8 @@ class ImageSignals:
     """What the decode thread found for one image."""
 
     provenance: Provenance | None = None
-    hashes: np.ndarray | None = None  # uint8 [8, 32]: the image's PDQ and its 7 flip/rotation variants
+    # uint8 [8, 32]: the image's PDQ and its 7 flip/rotation variants ([1, 32] without the variants)
+    hashes: np.ndarray | None = None
     quality: int = 0
 
 
@@ -94,7 +98,7 @@ class SignalReader:
         return read_provenance(data, self.settings.provenance)
 
     def hash(self, rgb: np.ndarray, out: ImageSignals) -> None:
-        out.hashes, out.quality = dihedral(rgb)
+        out.hashes, out.quality = dihedral(rgb) if self.settings.dihedral else single(rgb)
 
 
 def lookup(index: KnownIndex | None, found: list[ImageSignals], min_quality: int) -> list[KnownMatch | None]:

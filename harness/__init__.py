@@ -1,0 +1,1 @@
+"""Benchmarks, studies and demos that are not part of a running service."""
