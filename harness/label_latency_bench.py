@@ -113,6 +113,13 @@ def _seed_images(dsn: str, ids: list[str], seed: int) -> None:
             )
 
 
+def _count_verdicts(dsn: str) -> int:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM verdicts")
+        row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+
 def _wait(pred: Any, timeout: float, what: str, interval: float = 0.01) -> float:
     t0 = time.monotonic()
     while not pred():
@@ -185,6 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.backlog:
                 _queue_backlog(stack, producer, inp, args.backlog, tag)
             lat: list[list[float]] = [[] for _ in urls]
+            scored_before = _count_verdicts(dsn)
             for i, image_id in enumerate(ids):
                 label = Feedback(image_id=image_id, label="fake", moderator="bench", labelled_at=utcnow())
                 t0 = time.monotonic()
@@ -200,6 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         raise SystemExit(f"label {i} did not reach scorers {sorted(pending)} in 60 s")
                     time.sleep(0.01)
             producer.close()
+            scored_during = _count_verdicts(dsn) - scored_before
     every = np.array([max(per) for per in zip(*lat, strict=True)])  # the label reached *every* scorer
     result = {
         "benchmark": "label_latency",
@@ -212,8 +221,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "meets_target": bool(np.percentile(every, 99) <= 5.0),
         "poll_interval_s": 0.01,
         "machine": machine_info(),
-        "load": "Kafka, MinIO, PostgreSQL, the scorers (idle input), the feedback consumer and this script"
-        " share the machine",
+        "load": "Kafka, MinIO, PostgreSQL, the scorers, the feedback consumer and this script share it",
+        # With --backlog, how many images the scorers scored while the labels were being applied.
+        "images_scored_during_labels": scored_during,
     }
     result["backlog"] = args.backlog
     name = "label_latency_busy.json" if args.backlog else "label_latency.json"

@@ -16,11 +16,12 @@ import hashlib
 import logging
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter
 
 from ingest.contracts import ModelPublished, decode, parse_s3_ref
@@ -29,6 +30,7 @@ from ingest.settings import KafkaSettings
 from ingest.storage import ObjectStore
 from ingest.topics import MODELS_PUBLISHED
 from scorer.engine import ServingModel
+from scorer.follower import TopicFollower
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,9 @@ MAX_WEIGHTS_BYTES = 200 * 1024 * 1024
 MODELS_BUCKET = "models"
 
 
-class ModelWatcher:
+class ModelWatcher(TopicFollower):
+    name = "model-watcher"
+
     def __init__(
         self,
         kafka: KafkaSettings,
@@ -62,19 +66,10 @@ class ModelWatcher:
         )
         self._pending: ServingModel | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ready = threading.Event()
         self._end_at_start = 0
-        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+        super().__init__()
 
-    # -- scorer side --------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def wait_ready(self, timeout: float) -> bool:
-        """True once the watcher has caught up with the announcements that existed at start."""
-        return self._ready.wait(timeout)
+    # -- scorer side (wait_ready: caught up with the announcements that existed at start) ---------
 
     def take(self) -> ServingModel | None:
         """The newest verified model not yet handed out, or None."""
@@ -82,31 +77,13 @@ class ModelWatcher:
             model, self._pending = self._pending, None
         return model
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
     # -- watcher thread -----------------------------------------------------------------------
 
-    def _run(self) -> None:
-        consumer: KafkaConsumer | None = None
-        while not self._stop.is_set():
-            try:
-                if consumer is None:
-                    consumer = self._open()
-                for msgs in consumer.poll(timeout_ms=500).values():
-                    for m in msgs:
-                        self._handle(m.value, f"{self.topic}@{m.offset}")
-                if not self._ready.is_set() and self._caught_up(consumer):
-                    self._ready.set()
-            except Exception as e:  # never let the watcher die: the scorer would silently stop swapping
-                logger.warning("model watcher: %s: %s; reconnecting", type(e).__name__, e)
-                if consumer is not None:
-                    consumer.close()
-                    consumer = None
-                self._stop.wait(2.0)
-        if consumer is not None:
-            consumer.close()
+    def _on_records(self, consumer: KafkaConsumer, records: Sequence[ConsumerRecord]) -> None:
+        for m in records:
+            self._handle(m.value, f"{self.topic}@{m.offset}")
+        if not self._ready.is_set() and self._caught_up(consumer):
+            self._ready.set()
 
     def _open(self) -> KafkaConsumer:
         consumer = KafkaConsumer(**self.kafka.client_kwargs(), enable_auto_commit=False)

@@ -15,12 +15,12 @@ load, so a dashboard can tell a scorer whose lists are not loaded.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from datetime import datetime
 
 import psycopg2.extensions
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ingest.contracts import KnownContentUpdate, decode, utcnow
@@ -28,6 +28,7 @@ from ingest.db import connect
 from ingest.errors import InvalidMessage
 from ingest.settings import KafkaSettings, PostgresSettings
 from ingest.topics import KNOWN_CONTENT_UPDATES
+from scorer.follower import TopicFollower
 from scorer.known_index import Entry, KnownIndex
 from scorer.pdq import from_hex
 
@@ -73,7 +74,10 @@ def to_entry(u: KnownContentUpdate) -> Entry:
     )
 
 
-class KnownContentWatcher:
+class KnownContentWatcher(TopicFollower):
+    name = "known-content"
+    poll_ms = 200  # an update should reach the index within a fraction of a second
+
     def __init__(
         self,
         kafka: KafkaSettings,
@@ -106,39 +110,12 @@ class KnownContentWatcher:
             buckets=DELAY_BUCKETS,
             registry=registry,
         )
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="known-content", daemon=True)
+        super().__init__()  # wait_ready: the lists existing at start are in the index
 
-    def start(self) -> None:
-        self._thread.start()
+    def _on_records(self, consumer: KafkaConsumer, records: Sequence[ConsumerRecord]) -> None:
+        self._apply_records([m.value for m in records])
 
-    def wait_ready(self, timeout: float) -> bool:
-        """True once the lists existing at start are in the index."""
-        return self._ready.wait(timeout)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        consumer: KafkaConsumer | None = None
-        while not self._stop.is_set():
-            try:
-                if consumer is None:
-                    consumer = self._open_and_load()
-                for msgs in consumer.poll(timeout_ms=200).values():
-                    self._apply_records([m.value for m in msgs])
-            except Exception as e:  # never let the watcher die: the scorer would silently stop following
-                logger.warning("known-content watcher: %s: %s; reconnecting", type(e).__name__, e)
-                if consumer is not None:
-                    consumer.close()
-                    consumer = None
-                self._stop.wait(2.0)
-        if consumer is not None:
-            consumer.close()
-
-    def _open_and_load(self) -> KafkaConsumer:
+    def _open(self) -> KafkaConsumer:
         consumer = KafkaConsumer(**self.kafka.client_kwargs(), enable_auto_commit=False)
         try:
             tp = TopicPartition(self.topic, 0)

@@ -16,6 +16,7 @@ os.environ.setdefault("CIFAKE_ENV_FILE", str(ROOT / ".stack" / "env"))
 
 from ingest.settings import StackSettings, load  # noqa: E402
 from tests.kafka_helpers import create_topics, delete_topics, kafka_reachable  # noqa: E402
+from tests.retrainer_helpers import isolated_schema  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +44,10 @@ def topic(stack: StackSettings, request: pytest.FixtureRequest) -> Iterator[str]
 @pytest.fixture
 def group() -> str:
     return f"test-group-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def iso(stack: StackSettings) -> Iterator[StackSettings]:
+    """The stack with a fresh PostgreSQL schema of its own (every migration applied), dropped afterwards."""
+    with isolated_schema(stack) as s:
+        yield s

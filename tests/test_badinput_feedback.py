@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import threading
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,15 +18,9 @@ from retrainer.service import run_feedback
 from retrainer.settings import RetrainerSettings
 from tests.badinput.feedback import CASES, EXPECTED_ROWS, KNOWN_IMAGES, fb
 from tests.kafka_helpers import committed, produce, read_all
-from tests.retrainer_helpers import insert_images, isolated_schema
+from tests.retrainer_helpers import insert_images
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def iso(stack: StackSettings) -> Iterator[StackSettings]:
-    with isolated_schema(stack) as s:
-        yield s
 
 
 def _rows(stack: StackSettings) -> list[tuple[str, str, str, str]]:

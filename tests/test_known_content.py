@@ -17,8 +17,6 @@ import numpy as np
 import psycopg2
 import pytest
 from PIL import Image
-from scorer.known_index import KnownIndex
-from scorer.pdq import dihedral, to_hex
 
 from ingest.contracts import Feedback, ImageSubmitted, encode, utcnow
 from ingest.known_csv import CsvRow, csv_text, parse_csv
@@ -28,21 +26,16 @@ from ingest.signals import Signals
 from retrainer.known import announce, export_csv, import_rows
 from retrainer.service import run_feedback
 from retrainer.settings import RetrainerSettings
+from scorer.known_index import KnownIndex
 from scorer.known_watcher import KnownContentWatcher
+from scorer.pdq import dihedral, to_hex
 from scorer.signals import SignalSettings
 from tests.kafka_helpers import create_topics, delete_topics, produce, wait_until
 from tests.known_helpers import encode as encode_image
 from tests.known_helpers import mirrored, picture, png_with_parameters, recompressed
-from tests.retrainer_helpers import isolated_schema
 from tests.scorer_helpers import ScorerThread, make_weights, scorer_settings, upload_images
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def iso(stack: StackSettings) -> Iterator[StackSettings]:
-    with isolated_schema(stack) as s:
-        yield s
 
 
 @pytest.fixture

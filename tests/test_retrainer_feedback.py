@@ -4,7 +4,6 @@ replays change nothing."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -17,17 +16,11 @@ from retrainer.feedback import majority_labels
 from retrainer.service import run_feedback
 from retrainer.settings import RetrainerSettings
 from tests.kafka_helpers import committed, produce, read_all
-from tests.retrainer_helpers import insert_images, isolated_schema
+from tests.retrainer_helpers import insert_images
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def iso(stack: StackSettings) -> Iterator[StackSettings]:
-    with isolated_schema(stack) as s:
-        yield s
 
 
 def fb(image: str, label: Literal["real", "fake"], moderator: str, minutes: int) -> tuple[bytes, bytes]:

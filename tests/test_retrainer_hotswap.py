@@ -12,7 +12,7 @@ from ingest.settings import StackSettings
 from ingest.storage import S3Store
 from retrainer.registry import Announcer, ModelRegistry
 from tests.kafka_helpers import wait_until
-from tests.retrainer_helpers import isolated_schema, models_topic
+from tests.retrainer_helpers import models_topic
 from tests.scorer_helpers import (
     ScorerThread,
     jpeg,
@@ -24,12 +24,6 @@ from tests.scorer_helpers import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def iso(stack: StackSettings) -> Iterator[StackSettings]:
-    with isolated_schema(stack) as s:
-        yield s
 
 
 @pytest.fixture

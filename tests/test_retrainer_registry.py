@@ -16,16 +16,10 @@ from retrainer.__main__ import main as retrainer_main
 from retrainer.models_cli import register_default
 from retrainer.registry import MODELS_BUCKET, Announcer, ModelRegistry, RegistryError, sha256_hex
 from tests.kafka_helpers import end_offsets, read_all
-from tests.retrainer_helpers import isolated_schema, models_topic
+from tests.retrainer_helpers import models_topic
 from tests.scorer_helpers import make_weights
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def iso(stack: StackSettings) -> Iterator[StackSettings]:
-    with isolated_schema(stack) as s:
-        yield s
 
 
 @pytest.fixture

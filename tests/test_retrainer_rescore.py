@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
@@ -16,16 +15,10 @@ from retrainer.__main__ import main as retrainer_main
 from retrainer.registry import Announcer, ModelRegistry
 from retrainer.rescore import parse_since, rescore
 from tests.kafka_helpers import read_all
-from tests.retrainer_helpers import insert_images, isolated_schema, models_topic
+from tests.retrainer_helpers import insert_images, models_topic
 from tests.scorer_helpers import make_weights
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def iso(stack: StackSettings) -> Iterator[StackSettings]:
-    with isolated_schema(stack) as s:
-        yield s
 
 
 def add_verdict(stack: StackSettings, image_id: str, version: str, minutes_ago: float) -> None:

@@ -19,19 +19,13 @@ from retrainer.retrain import Abandoned
 from retrainer.settings import GateSettings, RetrainerSettings, TrainBudget
 from retrainer.synthetic import make_synthetic_cifake
 from retrainer.worker import RetrainWorker, WorkerMetrics
-from tests.retrainer_helpers import insert_images, isolated_schema, models_topic
+from tests.retrainer_helpers import insert_images, models_topic
 from tests.scorer_helpers import make_weights, upload_images
 from tests.test_retrainer_registry import announcements
 
 pytestmark = pytest.mark.integration
 
 BUDGET = TrainBudget(steps=30, batch_size=32, replay=120, base_val_max=80, holdout_fraction=0.3, threads=1)
-
-
-@pytest.fixture
-def iso(stack: StackSettings) -> Iterator[StackSettings]:
-    with isolated_schema(stack) as s:
-        yield s
 
 
 @pytest.fixture
