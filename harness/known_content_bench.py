@@ -51,7 +51,8 @@ from harness.known_bench_common import (
 )
 from harness.known_reupload import bench_reupload
 from scorer import pdq
-from scorer.known_index import Entry, KnownIndex, _MultiIndexHash, mih_params
+from scorer.known_index import Entry, KnownIndex
+from scorer.mih import MultiIndexHash, mih_params
 
 # -- index --------------------------------------------------------------------------------------------------
 
@@ -141,7 +142,7 @@ def _sweep(codes: np.ndarray, rng: np.random.Generator, n_planted: int = 20_000)
     for b in (17, 18, 19, 20):
         m = pdq.HASH_BITS // b
         t = time.process_time()
-        mih = _MultiIndexHash(codes, m, b)
+        mih = MultiIndexHash(codes, m, b)
         build = time.process_time() - t
         hit, cpu = np.zeros(n_planted, dtype=bool), 0.0
         for s in range(0, n_planted, BATCH_IMAGES * 8):  # one micro-batch per call, as the index does

@@ -27,7 +27,7 @@ from psycopg2.extras import execute_values
 
 from ingest.contracts import KnownContentUpdate, encode
 from ingest.known_csv import CSV_FIELDS, CsvRow
-from scorer.known_watcher import ENTRY_COLUMNS, row_to_update
+from scorer.known_watcher import row_to_update
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def sync_moderation_entries(
             template="(%s::bigint, %s, %s::boolean, %s::integer, %s)",
         )
     cur.execute(
-        f"SELECT {ENTRY_COLUMNS} FROM known_content"
+        "SELECT id, pdq, label, active, source, image_id, moderators, updated_at FROM known_content"
         " WHERE source = 'moderation' AND image_id = ANY(%s) ORDER BY id",
         (ids,),
     )
@@ -121,7 +121,7 @@ def import_rows(cur: psycopg2.extensions.cursor, rows: Sequence[CsvRow]) -> list
         "INSERT INTO known_content (pdq, label, source, note) VALUES %s"
         " ON CONFLICT (pdq) WHERE source = 'import' DO UPDATE SET label = EXCLUDED.label,"
         " note = EXCLUDED.note, active = true, updated_at = now()"
-        f" RETURNING {ENTRY_COLUMNS}",
+        " RETURNING id, pdq, label, active, source, image_id, moderators, updated_at",
         [(r.pdq, r.label, "import", r.note) for r in latest.values()],
         fetch=True,
     )

@@ -24,7 +24,7 @@ from ingest.known_csv import CsvRow, parse_csv
 from ingest.settings import StackSettings
 from retrainer.known import announce, export_csv, import_rows
 from retrainer.settings import RetrainerSettings
-from scorer.known_watcher import ENTRY_COLUMNS, row_to_update
+from scorer.known_watcher import row_to_update
 
 
 def add_known_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -93,7 +93,8 @@ def _write(stack: StackSettings, work: Any) -> list[KnownContentUpdate]:
 def _deactivate(cur: Any, hashes: list[str]) -> list[KnownContentUpdate]:
     cur.execute(
         "UPDATE known_content SET active = false, updated_at = now()"
-        f" WHERE source = 'import' AND pdq = ANY(%s) RETURNING {ENTRY_COLUMNS}",
+        " WHERE source = 'import' AND pdq = ANY(%s)"
+        " RETURNING id, pdq, label, active, source, image_id, moderators, updated_at",
         (hashes,),
     )
     return [row_to_update(r) for r in cur.fetchall()]

@@ -34,6 +34,7 @@ from scorer.pdq import from_hex
 
 logger = logging.getLogger(__name__)
 
+# The column order row_to_update reads; statements elsewhere spell it out (SQL is built from literals only).
 ENTRY_COLUMNS = "id, pdq, label, active, source, image_id, moderators, updated_at"
 # From a moderator's label being stored to a scorer applying it: the target is a few seconds.
 DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 120.0)

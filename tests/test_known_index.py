@@ -14,7 +14,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from pdqhash.bindings import hash_to_vector
 
-from scorer import known_index, pdq
+from scorer import known_index, mih, pdq
 from scorer.known_index import Entry, KnownIndex
 
 BYTES = pdq.HASH_BYTES
@@ -320,12 +320,12 @@ def test_default_tables_are_exact_below_twice_their_chunk_count() -> None:
     """With m chunks, a miss needs >= 2 flips in every chunk: d = 2m - 1 is always found."""
     rng = np.random.default_rng(11)
     for n in (5_000, 300_000, 2**20):
-        m, b = known_index.mih_params(n)
+        m, b = mih.mih_params(n)
         codes = rng.integers(0, 256, (400, BYTES), dtype=np.uint8)
-        mih = known_index._MultiIndexHash(codes, m, b)
+        table = mih.MultiIndexHash(codes, m, b)
         d = min(2 * m - 1, 31)
         queries = np.stack([_flip_word_bits(c, _worst_case_flips(rng, m, b, d)) for c in codes])
-        rows, pos, dist = mih.search(queries, 31)
+        rows, pos, dist = table.search(queries, 31)
         hits = {(int(r), int(p)) for r, p, dd in zip(rows, pos, dist, strict=True) if dd == d}
         assert hits >= {(i, i) for i in range(len(codes))}
 
@@ -342,7 +342,7 @@ def _worst_case_flips(rng: np.random.Generator, m: int, b: int, d: int) -> list[
 def test_chunks_partition_the_bits() -> None:
     words = np.random.default_rng(2).integers(0, 2**64, (50, 4), dtype=np.uint64)
     for b in (16, 17, 19):
-        chunks = [known_index._chunk(words, c * b, b) for c in range(256 // b)]
+        chunks = [mih._chunk(words, c * b, b) for c in range(256 // b)]
         assert all(0 <= int(x) < 2**b for chunk in chunks for x in chunk)
         for row in range(len(words)):
             rebuilt = sum(int(chunk[row]) << (c * b) for c, chunk in enumerate(chunks))
