@@ -38,8 +38,9 @@ def mirrored(img: Image.Image) -> bytes:
     return encode(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT), "JPEG", quality=90)
 
 
-def png_with_parameters(img: Image.Image) -> bytes:
-    """A PNG as Automatic1111 writes it: generation parameters in a ``parameters`` text chunk."""
+def png_with_parameters(img: Image.Image, seed: int = 1) -> bytes:
+    """A PNG as Automatic1111 writes it: generation parameters in a ``parameters`` text chunk (``seed``
+    changes the bytes, not the pixels)."""
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", "a photo of a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1")
+    info.add_text("parameters", f"a photo of a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: {seed}")
     return encode(img, "PNG", pnginfo=info)

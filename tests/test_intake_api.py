@@ -35,7 +35,8 @@ def test_upload_is_scored_and_idempotent(
 ) -> None:
     key = new_api_key(stack)
     # Generation parameters in a PNG text chunk, as Automatic1111 writes them: the verdict says why.
-    data = png_with_parameters(picture(uuid.uuid4().int % 10_000))
+    # new bytes every run: the upload must not be a duplicate of an earlier run's
+    data = png_with_parameters(picture(uuid.uuid4().int % 10_000), seed=uuid.uuid4().int)
     with running_intake(stack, intake_settings(topic=topic)) as base:
         status, doc = upload(base, key, data)
         assert status == 202, doc
