@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import codec as kafka_codec
 
 from ingest.settings import KafkaSettings
+
+logger = logging.getLogger(__name__)
+
+# The compression codecs a producer may use, and what kafka-python needs to decode each.
+CODEC_PACKAGES = {"gzip": "(stdlib)", "snappy": "python-snappy", "lz4": "lz4", "zstd": "zstandard"}
+
+
+def missing_codecs() -> list[str]:
+    """Codecs this process cannot decode (their package is not installed)."""
+    have = {
+        "gzip": kafka_codec.has_gzip(),
+        "snappy": kafka_codec.has_snappy(),
+        "lz4": kafka_codec.has_lz4(),
+        "zstd": kafka_codec.has_zstd(),
+    }
+    return [name for name, ok in have.items() if not ok]
 
 
 def make_consumer(
@@ -25,6 +43,15 @@ def make_consumer(
         "heartbeat_interval_ms": max(1000, kafka.session_timeout_ms // 10),
     }
     kw.update(overrides)
+    missing = missing_codecs()
+    if missing:
+        # A producer using one of these would stall this consumer on its first batch (the loop retries it
+        # and counts it, so it alerts; it never crash-loops). Say it once, at start, with the fix.
+        logger.warning(
+            "cannot decode Kafka batches compressed with %s: install %s",
+            ", ".join(missing),
+            ", ".join(CODEC_PACKAGES[m] for m in missing),
+        )
     consumer = KafkaConsumer(**kw)
     consumer.subscribe(list(topics))
     return consumer

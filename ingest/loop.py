@@ -32,6 +32,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from kafka import TopicPartition
+from kafka.errors import UnsupportedCodecError
 from kafka.structs import OffsetAndMetadata
 
 from ingest.batch import MAX_DEAD_LETTER_PAYLOAD, Batch, Failure, Handler, Record, dead_letter
@@ -177,8 +178,11 @@ class ConsumerLoop:
                     records = self._poll_batch(remaining)
                 except Exception as e:
                     # kafka-python raises from poll() while the broker is unreachable (the coordinator
-                    # lookup fails). Nothing was handed out, so nothing is lost: wait and poll again.
-                    if not is_transient(e):
+                    # lookup fails). Nothing was handed out, so nothing is lost: wait and poll again. A
+                    # batch in a codec this process cannot decode is retried the same way: exiting would
+                    # only crash-loop on the same batch; retrying keeps the service up, logging and
+                    # counting (the transient-errors alert fires) until the codec is installed.
+                    if not (is_transient(e) or isinstance(e, UnsupportedCodecError)):
                         raise
                     poll_failures += 1
                     self._poll_backoff(e, poll_failures)
@@ -239,7 +243,7 @@ class ConsumerLoop:
             try:
                 polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=cap - len(records))
             except Exception as e:
-                if records and is_transient(e):
+                if records and (is_transient(e) or isinstance(e, UnsupportedCodecError)):
                     break  # hand out what already arrived; the next poll meets the outage and backs off
                 raise
             for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):

@@ -75,6 +75,8 @@ def prepare_images(n: int, data: str | None, seed: int) -> tuple[list[bytes], st
 
         imgs = []
         for src in iter_sources([data], DecodeLimits()):
+            if src.refused:  # not an image by its name, or too large: nothing to publish
+                continue
             imgs.append(src.data)
             if len(imgs) >= n:
                 break

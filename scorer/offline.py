@@ -41,25 +41,39 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 class Source:
     name: str  # file path, or "archive.zip!member"
     data: bytes
-    refused: str | None = None  # why the bytes were not even read
+    refused: tuple[str, str] | None = None  # (code, reason) when the bytes were not even read
+
+
+def _not_an_image(name: str) -> Source:
+    suffix = Path(name).suffix.lower() or "no suffix"
+    reason = f"not read: {suffix} is not an image file name ({', '.join(sorted(IMAGE_SUFFIXES))})"
+    return Source(name, b"", ("skipped_suffix", reason))
 
 
 def iter_sources(paths: Sequence[str | Path], limits: DecodeLimits) -> Iterator[Source]:
+    """Every input as a Source, in order: files that are not read (by their name, or too large to inflate
+    from a zip) come back refused with a reason, so that the output has a line for every input."""
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
             for f in sorted(q for q in p.rglob("*") if q.is_file()):
                 if f.suffix.lower() in IMAGE_SUFFIXES:
                     yield Source(str(f), f.read_bytes())
+                else:
+                    yield _not_an_image(str(f))
         elif p.is_file() and zipfile.is_zipfile(p):
             with zipfile.ZipFile(p) as zf:
                 for info in sorted(zf.infolist(), key=lambda i: i.filename):
-                    if info.is_dir() or Path(info.filename).suffix.lower() not in IMAGE_SUFFIXES:
+                    name = f"{p}!{info.filename}"
+                    if info.is_dir():
                         continue
-                    if info.file_size > limits.max_bytes:  # refuse before inflating (zip bombs)
-                        yield Source(f"{p}!{info.filename}", b"", f"{info.file_size} bytes uncompressed")
-                        continue
-                    yield Source(f"{p}!{info.filename}", zf.read(info))
+                    if Path(info.filename).suffix.lower() not in IMAGE_SUFFIXES:
+                        yield _not_an_image(name)
+                    elif info.file_size > limits.max_bytes:  # refuse before inflating (zip bombs)
+                        reason = f"larger than {limits.max_bytes} bytes: {info.file_size} bytes uncompressed"
+                        yield Source(name, b"", ("too_large", reason))
+                    else:
+                        yield Source(name, zf.read(info))
         elif p.is_file():
             yield Source(str(p), p.read_bytes())
         else:
@@ -113,7 +127,7 @@ def score_sources(
         row: dict[str, Any] = {"path": src.name, "image_id": hashlib.sha256(src.data).hexdigest()}
         try:
             if src.refused:
-                raise PermanentError(f"larger than {limits.max_bytes} bytes: {src.refused}", code="too_large")
+                raise PermanentError(src.refused[1], code=src.refused[0])
             found = ImageSignals(provenance=reader.provenance(src.data) if reader else None)
             decoded = decode_image(src.data, limits, target_size=model.input_size)
             arr = to_rgb_array(decoded, model.input_size)

@@ -271,3 +271,36 @@ def test_old_records_are_handled_without_waiting_out_the_window() -> None:
     ).run(max_records=2)
     # With the window counted from the poll, this run would take the full 60 s window.
     assert sizes == [2] and time.monotonic() - started < 30
+
+
+def test_a_batch_in_a_codec_it_cannot_decode_is_retried_not_a_crash() -> None:
+    """A producer compressing with a codec whose library is missing makes kafka-python's poll() raise
+    UnsupportedCodecError on that batch. Exiting would crash-loop on the same batch; the loop must keep
+    running, count the failure (the transient-errors alert) and go on once the batch can be read."""
+    from kafka.errors import UnsupportedCodecError
+
+    from ingest.metrics import LoopMetrics, new_registry
+
+    consumer = make([[b"a", b"b", b"c"]])
+    real_poll = consumer.poll
+    calls = {"n": 0}
+
+    def poll(timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True) -> object:
+        calls["n"] += 1
+        if calls["n"] in (2, 3, 4):  # three polls in a row meet the undecodable batch
+            raise UnsupportedCodecError("Libraries for lz4 compression codec not found")
+        return real_poll(timeout_ms, 1)
+
+    consumer.poll = poll  # type: ignore[method-assign]
+    registry = new_registry()
+    metrics = LoopMetrics.create("test", registry)
+    seen: list[bytes] = []
+    stats = ConsumerLoop(
+        consumer, FakeProducer(), lambda b: seen.extend(r.value or b"" for r in b.records), config(), metrics
+    ).run(max_records=3)
+    assert seen == [b"a", b"b", b"c"] and stats.processed == 3
+    assert consumer.committed == {TopicPartition(TOPIC, 0): 3}
+    failures = registry.get_sample_value(
+        "test_transient_errors_total", {"error_class": "UnsupportedCodecError"}
+    )
+    assert failures == 3.0
