@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--show", type=int, default=25, help="rows of the table to print")
     submit.add_argument("--no-progress", action="store_true")
 
+    from ingest.dlq import add_dlq_command
+
+    add_dlq_command(sub)
     demo = sub.add_parser("demo-console", help="(make demo) demo moderator + detached server, print URL")
     demo.add_argument("--name", default="demo")
     return parser
@@ -119,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command in {"keys", "moderators"}:
         return _accounts(args, stack)
+    if args.command == "dlq":
+        from ingest.dlq import run_dlq_command
+
+        return run_dlq_command(args, stack)
 
     from ingest.intake import IntakeSettings
 
