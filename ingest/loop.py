@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import signal
 import threading
 import time
@@ -36,6 +37,7 @@ from kafka.errors import UnsupportedCodecError
 from kafka.structs import OffsetAndMetadata
 
 from ingest.batch import MAX_DEAD_LETTER_PAYLOAD, Batch, Failure, Handler, Record, dead_letter
+from ingest.breaker import Breaker
 from ingest.contracts import encode
 from ingest.errors import PermanentError, is_transient
 from ingest.metrics import LoopMetrics
@@ -84,6 +86,14 @@ class LoopConfig:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     flush_timeout_s: float = 30.0
+    # An unexpected error (neither transient nor bad input) is retried on the whole batch this many times,
+    # with jittered backoff, before its records are isolated one by one and dead-lettered.
+    unexpected_retries: int = 2
+    # ingest/breaker.py: wholly failed batches in a row that stop the loop dead-lettering, and how often
+    # it then retries the held batch.
+    breaker_threshold: int = 2
+    breaker_min_records: int = 8
+    breaker_probe_s: float = 30.0
 
 
 @dataclass
@@ -101,6 +111,10 @@ class _Retry(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+class _Open(Exception):
+    """Internal: the circuit breaker holds this batch (nothing dead-lettered, nothing committed)."""
 
 
 class ConsumerLoop:
@@ -126,6 +140,7 @@ class ConsumerLoop:
         self._stop = threading.Event()
         self._lag_reported: set[tuple[str, str]] = set()  # (topic, partition) labels this member has set
         self._signals = 0
+        self.breaker = Breaker(config.breaker_threshold, config.breaker_min_records)
 
     # -- shutdown ------------------------------------------------------------------------------
 
@@ -197,6 +212,9 @@ class ConsumerLoop:
                 try:
                     self._process(records, attempts + 1, stats)
                     attempts = 0
+                except _Open:
+                    self._rewind(records)
+                    self._stop.wait(self.config.breaker_probe_s)
                 except _Retry as r:
                     attempts += 1
                     stats.retries += 1
@@ -280,6 +298,7 @@ class ConsumerLoop:
     def _process(self, records: list[Record], attempt: int, stats: RunStats) -> None:
         started = time.monotonic()
         batch = self._handle(records)
+        self._check_breaker(batch)
         self._deliver(batch, attempt)
         self._commit(records)
         n_failed = len(batch.failures)
@@ -298,8 +317,19 @@ class ConsumerLoop:
             m.batch_seconds.observe(time.monotonic() - started)
             self._update_lag()
 
-    def _handle(self, records: list[Record]) -> Batch:
-        """Run the handler; on a non-transient error, isolate the poison record(s) one by one."""
+    def _check_breaker(self, batch: Batch) -> None:
+        held = self.breaker.hold(batch, self.config.breaker_probe_s)
+        if self.metrics:
+            self.metrics.circuit_open.set(1 if held else 0)
+            if held:
+                self.metrics.batches.labels("held").inc()
+        if held:
+            raise _Open()
+
+    def _handle(self, records: list[Record], retries: int | None = None) -> Batch:
+        """Run the handler; retry an unexpected error on the whole batch a few times (jittered), then
+        isolate the poison record(s) one by one."""
+        left = self.config.unexpected_retries if retries is None else retries
         batch = Batch(records)
         try:
             self.handler(batch)
@@ -307,6 +337,11 @@ class ConsumerLoop:
         except Exception as e:
             if is_transient(e):
                 raise _Retry(e) from e
+            if left > 0 and not isinstance(e, PermanentError):
+                delay = self.config.backoff_initial_s * random.uniform(0.5, 1.5)
+                logger.warning("unexpected %s: %s; retrying the batch in %.2fs", type(e).__name__, e, delay)
+                self._stop.wait(delay)
+                return self._handle(records, left - 1)
             if len(records) == 1:
                 batch = Batch(records)
                 batch.fail(records[0], e)
@@ -317,7 +352,7 @@ class ConsumerLoop:
             )
         merged = Batch(records)
         for r in records:
-            single = self._handle([r])
+            single = self._handle([r], retries=0)
             merged.failures.update(single.failures)
             merged.outputs.extend(single.outputs)
         return merged

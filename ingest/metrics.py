@@ -41,6 +41,7 @@ class LoopMetrics:
     batch_size: Histogram
     batch_seconds: Histogram
     lag: Gauge
+    circuit_open: Gauge
 
     @classmethod
     def create(cls, app: str, registry: CollectorRegistry) -> LoopMetrics:
@@ -77,6 +78,12 @@ class LoopMetrics:
                 f"{app}_consumer_lag_records",
                 "High watermark minus position, per assigned partition",
                 ["topic", "partition"],
+                registry=registry,
+            ),
+            circuit_open=Gauge(
+                f"{app}_circuit_open",
+                "1 while the circuit breaker holds a batch that failed wholly on unexpected errors "
+                "(nothing dead-lettered or committed; ingest/breaker.py)",
                 registry=registry,
             ),
         )

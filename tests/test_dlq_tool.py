@@ -1,10 +1,13 @@
-"""The DLQ runbook on the real stack: a bad deploy dead-letters a backlog; `dlq list` shows it, `dlq redrive`
-puts it back once (a second redrive sends nothing), and the fixed scorer scores every record exactly once."""
+"""A bad deploy and the DLQ runbook on the real stack: a release that fails every record costs one batch of
+dead letters, then the circuit breaker holds the backlog (nothing dead-lettered or committed); after the
+fix the backlog goes through, `dlq list` shows the dead letters, `dlq redrive` puts them back once (a second
+redrive sends nothing), and the fixed scorer scores every record exactly once."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -13,14 +16,42 @@ import pytest
 from ingest.batch import Batch
 from ingest.contracts import DeadLetter, encode, utcnow
 from ingest.dlq import Filters, read, redrive
+from ingest.metrics import LoopMetrics, new_registry
 from ingest.settings import StackSettings
 from ingest.topics import dlq_topic
 from scorer.service import run_scorer
 from tests.conftest import ROOT
-from tests.kafka_helpers import end_offsets, make_loop, produce
+from tests.kafka_helpers import committed, end_offsets, make_loop, produce, wait_until
 from tests.scorer_helpers import jpeg, make_weights, scorer_settings, submit_refs, upload_images, verdict_rows
 
 pytestmark = pytest.mark.integration
+
+
+class ScoringHandler:
+    """The fixed release: the real scorer's handler (as ``scorer run`` builds it) on this test's weights."""
+
+    def __init__(self, stack: StackSettings, weights: Path) -> None:
+        from ingest.decode import DecodeLimits
+        from ingest.fetch import Fetcher, FetchSettings
+        from ingest.storage import S3Store
+        from scorer.engine import ServingModel
+        from scorer.handler import ScoreHandler, ScorerMetrics
+        from scorer.sink import PostgresVerdictSink
+
+        store = S3Store(stack.s3)
+        self.handler = ScoreHandler(
+            fetcher=Fetcher(store, FetchSettings()),
+            limits=DecodeLimits(),
+            sink=PostgresVerdictSink(stack.pg),
+            store=store,
+            model=ServingModel.load(weights, "cpu"),
+            next_model=lambda: None,
+            uncertain_band=0.1,
+            metrics=ScorerMetrics.create(new_registry()),
+        )
+
+    def __call__(self, batch: Batch) -> None:
+        self.handler(batch)
 
 
 def _broken_release(batch: Batch) -> None:
@@ -30,12 +61,38 @@ def _broken_release(batch: Batch) -> None:
 def test_a_bad_deploys_dead_letters_are_redriven_once(
     stack: StackSettings, topic: str, group: str, tmp_path: Path
 ) -> None:
-    n = 20
+    n, batch = 120, 16
     keys = upload_images(stack, [jpeg(7000 + i) for i in range(n)])
     ids = [f"dlq-{uuid.uuid4().hex[:8]}-{i}" for i in range(n)]
     submit_refs(stack, topic, ids, keys)
-    stats = make_loop(stack, topic, group, _broken_release).run(max_records=n, idle_timeout=30)
-    assert stats.dead_lettered == n
+    weights = make_weights(tmp_path / "w.safetensors", f"test-dlq-{uuid.uuid4().hex[:6]}", seed=2)
+    broken = threading.Event()
+    broken.set()
+    fixed_release = ScoringHandler(stack, weights)
+
+    def release(b: Batch) -> None:
+        if broken.is_set():
+            _broken_release(b)
+        fixed_release(b)
+
+    registry = new_registry()
+    loop = make_loop(
+        stack, topic, group, release, max_batch=batch, metrics=LoopMetrics.create("bad", registry)
+    )
+    loop.config.breaker_probe_s = 0.2
+    runner = threading.Thread(target=lambda: loop.run(max_records=n, idle_timeout=60))
+    runner.start()
+    wait_until(lambda: registry.get_sample_value("bad_circuit_open") == 1.0, 60, "the breaker to open")
+    first_batch = sum(end_offsets(stack, dlq_topic(topic)).values())
+    # One full batch of dead letters (plus, at most, a first poll smaller than the breaker's minimum), not
+    # the backlog.
+    assert batch <= first_batch < 2 * batch
+    assert sum(committed(stack, group, topic).values()) == first_batch
+    broken.clear()  # the fix is deployed
+    runner.join(timeout=120)
+    assert not runner.is_alive() and registry.get_sample_value("bad_circuit_open") == 0.0
+    assert sum(end_offsets(stack, dlq_topic(topic)).values()) == first_batch
+    n = first_batch  # what the runbook has to bring back
 
     code = "unexpected_AttributeError"
     listed = list(read(stack, topic, Filters(code=code)))
@@ -63,7 +120,6 @@ def test_a_bad_deploys_dead_letters_are_redriven_once(
     assert sum(end_offsets(stack, topic).values()) == before + n
 
     # The fixed release, same group: the redriven records are after the committed offsets.
-    weights = make_weights(tmp_path / "w.safetensors", f"test-dlq-{uuid.uuid4().hex[:6]}", seed=2)
     fixed = run_scorer(stack, scorer_settings(topic, group, weights), max_records=n, idle_timeout=60)
     assert fixed.processed == n and fixed.dead_lettered == 0
     rows = verdict_rows(stack, ids)

@@ -304,3 +304,81 @@ def test_a_batch_in_a_codec_it_cannot_decode_is_retried_not_a_crash() -> None:
         "test_transient_errors_total", {"error_class": "UnsupportedCodecError"}
     )
     assert failures == 3.0
+
+
+def test_a_bad_deploy_costs_one_batch_of_dead_letters_then_the_breaker_holds_until_fixed() -> None:
+    """A handler that raises an unexpected error for every record (a broken release) on a backlog: the first
+    full batch is dead-lettered (it could be poison), the second opens the breaker: nothing more is
+    dead-lettered or committed, the circuit metric says so, and once the fault clears the same records go
+    through and the breaker closes."""
+    import threading
+
+    from ingest.metrics import LoopMetrics, new_registry
+    from tests.kafka_helpers import wait_until
+
+    consumer = make([[f"r{i}".encode() for i in range(40)]])
+    broken = threading.Event()
+    broken.set()
+    seen: list[bytes] = []
+
+    def handler(batch: Batch) -> None:
+        if broken.is_set():
+            raise AttributeError("'NoneType' object has no attribute 'predict'")
+        seen.extend(r.value or b"" for r in batch.records)
+
+    registry = new_registry()
+    loop = ConsumerLoop(
+        consumer,
+        FakeProducer(),
+        handler,
+        config(max_batch=8, unexpected_retries=1, breaker_probe_s=0.05),
+        LoopMetrics.create("test", registry),
+    )
+    done: list[object] = []
+    t = threading.Thread(target=lambda: done.append(loop.run(max_records=40)))
+    t.start()
+    circuit = lambda: registry.get_sample_value("test_circuit_open")  # noqa: E731
+    wait_until(lambda: circuit() == 1.0, 10, "the breaker to open")
+    labels = {"topic": TOPIC, "reason": "unexpected_AttributeError"}
+    dead = registry.get_sample_value("test_dead_letters_total", labels)
+    assert dead == 8.0  # one batch, not the backlog
+    assert consumer.committed == {TopicPartition(TOPIC, 0): 8}
+
+    def held() -> float:
+        return registry.get_sample_value("test_batches_total", {"outcome": "held"}) or 0.0
+
+    held_at = held()
+    wait_until(lambda: held() > held_at + 2, 10, "the held batch to be probed again")
+    assert consumer.committed == {TopicPartition(TOPIC, 0): 8}  # still nothing after the first batch
+
+    broken.clear()  # the fix is deployed (or the dependency recovered)
+    t.join(timeout=20)
+    assert not t.is_alive() and circuit() == 0.0
+    assert seen == [f"r{i}".encode() for i in range(8, 40)]
+    assert consumer.committed == {TopicPartition(TOPIC, 0): 40}
+
+
+def test_an_unexpected_error_that_clears_on_retry_dead_letters_nothing() -> None:
+    consumer = make([[b"a", b"b", b"c", b"d"]])
+    calls = {"n": 0}
+
+    def handler(batch: Batch) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyError("a cache that was not warm yet")
+
+    producer = FakeProducer()
+    stats = ConsumerLoop(consumer, producer, handler, config(unexpected_retries=2)).run(max_records=4)
+    assert stats.processed == 4 and stats.dead_lettered == 0 and calls["n"] == 2
+
+
+def test_one_poison_record_among_good_ones_is_dead_lettered_and_the_breaker_stays_closed() -> None:
+    consumer = make([[f"r{i}".encode() for i in range(16)]])
+
+    def handler(batch: Batch) -> None:
+        if any(r.value == b"r3" for r in batch.records):
+            raise ValueError("cannot handle r3")
+
+    loop = ConsumerLoop(consumer, FakeProducer(), handler, config(max_batch=8, unexpected_retries=1))
+    stats = loop.run(max_records=16)
+    assert stats.dead_lettered == 1 and stats.processed == 15 and not loop.breaker.is_open
