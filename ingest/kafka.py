@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka import codec as kafka_codec
 
 from ingest.settings import KafkaSettings
@@ -28,8 +29,38 @@ def missing_codecs() -> list[str]:
     return [name for name, ok in have.items() if not ok]
 
 
+class RevocationTracker(ConsumerRebalanceListener):
+    """Remembers the partitions a rebalance took from this member, for the loop to drop their records.
+
+    kafka-python calls the listener from inside ``poll()``, so a batch assembled over several polls can
+    hold records of a partition that was revoked in between (and maybe assigned back, re-read from the
+    group's committed offset): those records must be neither handled nor committed by this member.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._revoked: set[TopicPartition] = set()
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        with self._lock:
+            self._revoked.update(revoked)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        pass
+
+    def take(self) -> set[TopicPartition]:
+        """The partitions revoked since the last call."""
+        with self._lock:
+            out, self._revoked = self._revoked, set()
+        return out
+
+
 def make_consumer(
-    kafka: KafkaSettings, group_id: str, topics: Sequence[str], **overrides: Any
+    kafka: KafkaSettings,
+    group_id: str,
+    topics: Sequence[str],
+    listener: ConsumerRebalanceListener | None = None,
+    **overrides: Any,
 ) -> KafkaConsumer:
     """A group consumer that never commits on its own: the loop commits after results are durable."""
     kw: dict[str, Any] = {
@@ -53,7 +84,10 @@ def make_consumer(
             ", ".join(CODEC_PACKAGES[m] for m in missing),
         )
     consumer = KafkaConsumer(**kw)
-    consumer.subscribe(list(topics))
+    if listener is not None:
+        consumer.subscribe(list(topics), listener=listener)
+    else:
+        consumer.subscribe(list(topics))
     return consumer
 
 

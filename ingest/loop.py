@@ -28,9 +28,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Protocol
 
 from kafka import TopicPartition
 from kafka.errors import UnsupportedCodecError
@@ -40,6 +38,7 @@ from ingest.batch import MAX_DEAD_LETTER_PAYLOAD, Batch, Failure, Handler, Recor
 from ingest.breaker import Breaker
 from ingest.contracts import encode
 from ingest.errors import PermanentError, is_transient
+from ingest.loop_config import ConsumerLike, LoopConfig, ProducerLike, Revocations, RunStats
 from ingest.metrics import LoopMetrics
 from ingest.topics import dlq_topic
 
@@ -56,53 +55,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class ConsumerLike(Protocol):
-    def poll(
-        self, timeout_ms: int = ..., max_records: int | None = ..., update_offsets: bool = ...
-    ) -> Any: ...
-    def commit(self, offsets: Any = ..., timeout_ms: int | None = ...) -> None: ...
-    def seek(self, partition: TopicPartition, offset: int) -> None: ...
-    def close(self, autocommit: bool = ..., timeout_ms: int | None = ...) -> None: ...
-    def assignment(self) -> Any: ...
-    def position(self, partition: TopicPartition, timeout_ms: int | None = ...) -> Any: ...
-    def highwater(self, partition: TopicPartition) -> Any: ...
-
-
-class ProducerLike(Protocol):
-    def send(self, topic: str, value: bytes | None = ..., key: bytes | None = ...) -> Any: ...
-    def flush(self, timeout: float | None = ...) -> None: ...
-    def close(self, timeout: float | None = ...) -> None: ...
-
-
-@dataclass
-class LoopConfig:
-    service: str
-    max_batch: int = 256
-    max_wait_ms: int = 200
-    min_wait_ms: int = 5
-    poll_timeout_ms: int = 500
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    flush_timeout_s: float = 30.0
-    # An unexpected error (neither transient nor bad input) is retried on the whole batch this many times,
-    # with jittered backoff, before its records are isolated one by one and dead-lettered.
-    unexpected_retries: int = 2
-    # ingest/breaker.py: wholly failed batches in a row that stop the loop dead-lettering, and how often
-    # it then retries the held batch.
-    breaker_threshold: int = 2
-    breaker_min_records: int = 8
-    breaker_probe_s: float = 30.0
-
-
-@dataclass
-class RunStats:
-    processed: int = 0
-    dead_lettered: int = 0
-    batches: int = 0
-    retries: int = 0
-    stopped_by: str = ""
 
 
 class _Retry(Exception):
@@ -131,8 +83,13 @@ class ConsumerLoop:
         handler: Handler,
         config: LoopConfig,
         metrics: LoopMetrics | None = None,
+        revocations: Revocations | None = None,
     ) -> None:
+        """``revocations``: the rebalance listener given to ``consumer.subscribe`` (``RevocationTracker``)."""
         self.consumer = consumer
+        self.revocations = revocations
+        # Highest offset this member committed per partition while it owned it: a commit never goes back.
+        self._committed: dict[TopicPartition, int] = {}
         self.producer = producer
         self.handler = handler
         self.config = config
@@ -264,6 +221,7 @@ class ConsumerLoop:
                 if records and (is_transient(e) or isinstance(e, UnsupportedCodecError)):
                     break  # hand out what already arrived; the next poll meets the outage and backs off
                 raise
+            records = self._without_revoked(records)
             for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):
                 for m in polled[tp]:
                     records.append(Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp or 0))
@@ -375,14 +333,35 @@ class ConsumerLoop:
             # Whatever was sent may be duplicated on retry; downstream consumers upsert by key.
             raise _Retry(e) from e
 
+    def _without_revoked(self, records: list[Record]) -> list[Record]:
+        """Drop records of partitions a rebalance revoked since they were polled (the listener runs inside
+        poll): their new owner processes them from the group's committed offset."""
+        gone = self.revocations.take() if self.revocations is not None else set()
+        if not gone:
+            return records
+        for tp in gone:
+            self._committed.pop(tp, None)
+        kept = [r for r in records if TopicPartition(r.topic, r.partition) not in gone]
+        if len(kept) < len(records):
+            logger.info(
+                "rebalance: dropped %d records of revoked partitions from the batch", len(records) - len(kept)
+            )
+        return kept
+
     def _commit(self, records: list[Record]) -> None:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
             if tp not in offsets or offsets[tp].offset <= r.offset:
                 offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+        # Never move a committed offset back (a replayed batch after a rewind must not undo a later commit).
+        offsets = {tp: om for tp, om in offsets.items() if om.offset > self._committed.get(tp, -1)}
+        if not offsets:
+            return
         try:
             self.consumer.commit(offsets=offsets)
+            for tp, om in offsets.items():
+                self._committed[tp] = om.offset
         except Exception as e:
             if is_transient(e):
                 raise _Retry(e) from e

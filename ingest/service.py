@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from ingest.kafka import make_consumer, make_producer
+from ingest.kafka import RevocationTracker, make_consumer, make_producer
 from ingest.loop import ConsumerLoop, Handler, LoopConfig
 from ingest.metrics import LoopMetrics, new_registry, serve_metrics
 from ingest.settings import ServiceSettings, StackSettings, describe
@@ -52,7 +52,8 @@ def build_service(
     if settings.metrics_port is not None:
         _server, port = serve_metrics(registry, settings.metrics_host, settings.metrics_port)
     batch = max_batch or stack.kafka.max_poll_records
-    consumer = make_consumer(stack.kafka, settings.group_id, topics, max_poll_records=batch)
+    revocations = RevocationTracker()
+    consumer = make_consumer(stack.kafka, settings.group_id, topics, revocations, max_poll_records=batch)
     producer = make_producer(stack.kafka)
     config = LoopConfig(
         service=app,
@@ -62,4 +63,4 @@ def build_service(
         backoff_initial_s=settings.backoff_initial_s,
         backoff_max_s=settings.backoff_max_s,
     )
-    return Service(ConsumerLoop(consumer, producer, handler, config, metrics), registry, port)
+    return Service(ConsumerLoop(consumer, producer, handler, config, metrics, revocations), registry, port)

@@ -382,3 +382,52 @@ def test_one_poison_record_among_good_ones_is_dead_lettered_and_the_breaker_stay
     loop = ConsumerLoop(consumer, FakeProducer(), handler, config(max_batch=8, unexpected_retries=1))
     stats = loop.run(max_records=16)
     assert stats.dead_lettered == 1 and stats.processed == 15 and not loop.breaker.is_open
+
+
+class _Tracker:
+    def __init__(self) -> None:
+        self.revoked: set[TopicPartition] = set()
+
+    def take(self) -> set[TopicPartition]:
+        out, self.revoked = self.revoked, set()
+        return out
+
+
+def test_records_of_a_partition_revoked_mid_batch_are_neither_handled_nor_committed() -> None:
+    """A batch assembled over several polls: a rebalance (seen by the listener during the second poll) takes
+    partition 1 away. Its records polled before must not be handled or committed by this member."""
+    consumer = make([[b"a0"], [b"b0", b"b1"]])  # the first poll returns all three
+    tracker = _Tracker()
+    real_poll = consumer.poll
+    calls = {"n": 0}
+    p1 = TopicPartition(TOPIC, 1)
+
+    def poll(timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True) -> object:
+        calls["n"] += 1
+        if (
+            calls["n"] == 2
+        ):  # the group rebalanced inside this poll: partition 1 now belongs to another member
+            tracker.revoked.add(p1)
+            consumer.partitions.pop(p1)
+        return real_poll(timeout_ms, 2)
+
+    consumer.poll = poll  # type: ignore[method-assign]
+    seen: list[bytes] = []
+    loop = ConsumerLoop(
+        consumer,
+        FakeProducer(),
+        lambda b: seen.extend(r.value or b"" for r in b.records),
+        config(max_batch=4, max_wait_ms=200),
+        revocations=tracker,
+    )
+    loop.run(idle_timeout=0.5)
+    assert seen == [b"a0"]
+    assert consumer.committed == {TopicPartition(TOPIC, 0): 1}
+
+
+def test_a_committed_offset_never_moves_back() -> None:
+    consumer = make([[b"a", b"b", b"c"]])
+    loop = ConsumerLoop(consumer, FakeProducer(), lambda b: None, config())
+    loop._commit([Record(TOPIC, 0, 2, None, b"c")])
+    loop._commit([Record(TOPIC, 0, 0, None, b"a")])  # a stale replay of an earlier offset
+    assert consumer.committed == {TopicPartition(TOPIC, 0): 3} and consumer.commit_calls == 1
