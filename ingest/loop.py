@@ -99,6 +99,12 @@ class ConsumerLoop:
         self._signals = 0
         self.breaker = Breaker(config.breaker_threshold, config.breaker_min_records)
 
+    def readiness(self) -> tuple[bool, str]:
+        """For ``/ready``: not ready while the circuit breaker holds a batch."""
+        if self.breaker.is_open:
+            return False, "circuit open: batches fail on every record with unexpected errors"
+        return True, "ready"
+
     # -- shutdown ------------------------------------------------------------------------------
 
     def stop(self) -> None:

@@ -7,10 +7,16 @@ never an image or user id.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.simple_server import make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+# prometheus_client's own threaded server and quiet request handler, as its start_http_server uses them.
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 logger = logging.getLogger(__name__)
 
@@ -21,14 +27,32 @@ def new_registry() -> CollectorRegistry:
     return CollectorRegistry(auto_describe=True)
 
 
-def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> tuple[Any, int]:
-    """Serve ``/metrics`` for ``registry`` on a daemon thread; returns (server, bound port).
+Readiness = Callable[[], tuple[bool, str]]
+
+
+def serve_metrics(
+    registry: CollectorRegistry, host: str, port: int, ready: Readiness | None = None
+) -> tuple[Any, int]:
+    """Serve ``/metrics`` for ``registry`` on a daemon thread, plus ``/healthz`` (200 while the process
+    serves) and ``/ready`` (200, or 503 with the reason while ``ready()`` says not, e.g. while the circuit
+    breaker holds a batch); returns (server, bound port).
 
     Port 0 asks the OS for a free port, which is what tests and a second process on one host want.
     """
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path in ("/healthz", "/ready"):
+            ok, why = ready() if (ready is not None and path == "/ready") else (True, "ok")
+            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [why.encode() + b"\n"]
+        return metrics_app(environ, start_response)
+
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     bound = int(server.server_port)
-    logger.info("metrics on http://%s:%d/metrics", host, bound)
+    logger.info("metrics on http://%s:%d/metrics (also /healthz, /ready)", host, bound)
     return server, bound
 
 

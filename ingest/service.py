@@ -49,8 +49,13 @@ def build_service(
     registry = registry or new_registry()
     metrics = LoopMetrics.create(app, registry)
     port = None
+    loops: list[ConsumerLoop] = []  # the loop is built below; /ready asks it once it exists
+
+    def ready() -> tuple[bool, str]:
+        return loops[0].readiness() if loops else (False, "starting")
+
     if settings.metrics_port is not None:
-        _server, port = serve_metrics(registry, settings.metrics_host, settings.metrics_port)
+        _server, port = serve_metrics(registry, settings.metrics_host, settings.metrics_port, ready)
     batch = max_batch or stack.kafka.max_poll_records
     revocations = RevocationTracker()
     consumer = make_consumer(stack.kafka, settings.group_id, topics, revocations, max_poll_records=batch)
@@ -63,4 +68,5 @@ def build_service(
         backoff_initial_s=settings.backoff_initial_s,
         backoff_max_s=settings.backoff_max_s,
     )
-    return Service(ConsumerLoop(consumer, producer, handler, config, metrics, revocations), registry, port)
+    loops.append(ConsumerLoop(consumer, producer, handler, config, metrics, revocations))
+    return Service(loops[0], registry, port)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 from ingest.batch import Batch
 from ingest.contracts import DeadLetter, encode, utcnow
 from ingest.dlq import Filters, read, redrive
-from ingest.metrics import LoopMetrics, new_registry
+from ingest.metrics import LoopMetrics, new_registry, serve_metrics
 from ingest.settings import StackSettings
 from ingest.topics import dlq_topic
 from scorer.service import run_scorer
@@ -54,6 +56,14 @@ class ScoringHandler:
         self.handler(batch)
 
 
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode().strip()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode().strip()
+
+
 def _broken_release(batch: Batch) -> None:
     raise AttributeError("'NoneType' object has no attribute 'predict'")  # a bug, not bad input
 
@@ -80,6 +90,7 @@ def test_a_bad_deploys_dead_letters_are_redriven_once(
         stack, topic, group, release, max_batch=batch, metrics=LoopMetrics.create("bad", registry)
     )
     loop.config.breaker_probe_s = 0.2
+    _server, port = serve_metrics(registry, "127.0.0.1", 0, loop.readiness)
     runner = threading.Thread(target=lambda: loop.run(max_records=n, idle_timeout=60))
     runner.start()
     wait_until(lambda: registry.get_sample_value("bad_circuit_open") == 1.0, 60, "the breaker to open")
@@ -88,9 +99,12 @@ def test_a_bad_deploys_dead_letters_are_redriven_once(
     # the backlog.
     assert batch <= first_batch < 2 * batch
     assert sum(committed(stack, group, topic).values()) == first_batch
+    assert _get(port, "/ready") == (503, "circuit open: batches fail on every record with unexpected errors")
+    assert _get(port, "/healthz") == (200, "ok")  # alive: no restart loop, just not ready
     broken.clear()  # the fix is deployed
     runner.join(timeout=120)
     assert not runner.is_alive() and registry.get_sample_value("bad_circuit_open") == 0.0
+    assert _get(port, "/ready") == (200, "ready")
     assert sum(end_offsets(stack, dlq_topic(topic)).values()) == first_batch
     n = first_batch  # what the runbook has to bring back
 
