@@ -67,6 +67,10 @@ def build_service(
         poll_timeout_ms=settings.poll_timeout_ms,
         backoff_initial_s=settings.backoff_initial_s,
         backoff_max_s=settings.backoff_max_s,
+        unexpected_retries=settings.unexpected_retries,
+        breaker_threshold=settings.breaker_threshold,
+        breaker_min_records=settings.breaker_min_records,
+        breaker_probe_s=settings.breaker_probe_s,
     )
     loops.append(ConsumerLoop(consumer, producer, handler, config, metrics, revocations))
     return Service(loops[0], registry, port)

@@ -89,6 +89,13 @@ class ServiceSettings(BaseSettings):
     poll_timeout_ms: int = Field(default=500, ge=10)
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
+    # Unexpected errors and the circuit breaker (ingest/breaker.py): whole-batch retries before records are
+    # isolated; wholly failed batches (of at least breaker_min_records) in a row that open the breaker; how
+    # often a held batch is retried.
+    unexpected_retries: int = Field(default=2, ge=0, le=10)
+    breaker_threshold: int = Field(default=2, ge=1)
+    breaker_min_records: int = Field(default=8, ge=1)
+    breaker_probe_s: float = Field(default=30.0, gt=0)
 
 
 def env_file() -> Path | None:

@@ -36,3 +36,15 @@ def test_service_settings_validate(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CIFAKE_SERVICE_POLL_TIMEOUT_MS", "0")
     with pytest.raises(ValueError):
         ServiceSettings()
+
+
+def test_breaker_settings_reach_the_service_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scorer.service import ScorerSettings
+
+    monkeypatch.setenv("CIFAKE_SCORER_BREAKER_PROBE_S", "5")
+    monkeypatch.setenv("CIFAKE_SCORER_UNEXPECTED_RETRIES", "0")
+    s = ScorerSettings()
+    assert (s.breaker_probe_s, s.unexpected_retries, s.breaker_threshold) == (5.0, 0, 2)
+    monkeypatch.setenv("CIFAKE_SCORER_BREAKER_THRESHOLD", "0")
+    with pytest.raises(ValueError):
+        ScorerSettings()
