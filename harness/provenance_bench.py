@@ -28,6 +28,7 @@ from harness.known_bench_common import DEFAULT_DATA, DEFAULT_OUT, write
 from harness.machine import machine_info
 from ingest.provenance import ProvenanceSettings, read_provenance
 from tests import provenance_fixtures as fx
+from tests import provenance_hostile as hostile
 
 
 def _settings() -> ProvenanceSettings:
@@ -36,16 +37,16 @@ def _settings() -> ProvenanceSettings:
 
 def _hostile() -> dict[str, bytes]:
     return {
-        "ztxt_bomb_50MB": fx.text_bomb(),
-        "5000_text_chunks": fx.many_text_chunks(),
-        "xmp_4MB": fx.huge_xmp_png(),
-        "xmp_billion_laughs": fx.billion_laughs_xmp(),
-        "xmp_30000_deep": fx.deep_xmp_png(),
-        "garbage_text_chunks": fx.garbage_text_chunks(),
-        "text_bad_crc": fx.png_bad_text_crc(),
-        "chunk_length_past_end": fx.png_length_past_end(),
-        "malformed_jumbf": fx.malformed_jumbf_jpeg(),
-        "oversized_jumbf": fx.oversized_jumbf_jpeg(),
+        "ztxt_bomb_50MB": hostile.text_bomb(),
+        "5000_text_chunks": hostile.many_text_chunks(),
+        "xmp_4MB": hostile.huge_xmp_png(),
+        "xmp_billion_laughs": hostile.billion_laughs_xmp(),
+        "xmp_30000_deep": hostile.deep_xmp_png(),
+        "garbage_text_chunks": hostile.garbage_text_chunks(),
+        "text_bad_crc": hostile.png_bad_text_crc(),
+        "chunk_length_past_end": hostile.png_length_past_end(),
+        "malformed_jumbf": hostile.malformed_jumbf_jpeg(),
+        "oversized_jumbf": hostile.oversized_jumbf_jpeg(),
     }
 
 

@@ -20,24 +20,22 @@ import argparse
 import base64
 import json
 import logging
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from kafka import KafkaConsumer, TopicPartition
 from psycopg2.extras import execute_values
 
-from ingest.contracts import DeadLetter, decode, utcnow
+from ingest.contracts import DeadLetter, decode
 from ingest.db import connect
 from ingest.errors import InvalidMessage
 from ingest.kafka import make_producer
 from ingest.settings import StackSettings
+from ingest.times import parse_since
 from ingest.topics import IMAGES_SUBMITTED, dlq_topic
 
 TRUNCATED = "[payload truncated"
-_SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True)
@@ -59,14 +57,6 @@ class Entry:
     @property
     def truncated(self) -> bool:
         return self.letter is not None and self.letter.reason.startswith(TRUNCATED)
-
-
-def parse_since(text: str) -> datetime:
-    """``30m``, ``2h``, ``1d`` before now."""
-    m = _SINCE.match(text.strip())
-    if not m:
-        raise ValueError(f"--since {text!r}: use a number with s, m, h or d (e.g. 2h)")
-    return utcnow() - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
 
 def read(stack: StackSettings, topic: str, filters: Filters = Filters()) -> Iterator[Entry]:

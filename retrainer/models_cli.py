@@ -11,9 +11,10 @@ from typing import Any
 
 from ingest.settings import StackSettings, load
 from ingest.storage import S3Store
+from ingest.times import parse_since
 from ingest.topics import IMAGES_SUBMITTED
 from retrainer.registry import Announcer, ModelRecord, ModelRegistry, RegistryError, sha256_hex
-from retrainer.rescore import parse_since, rescore
+from retrainer.rescore import rescore
 from retrainer.settings import RetrainerSettings
 from scorer.weights import DEFAULT_WEIGHTS, read_meta
 

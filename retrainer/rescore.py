@@ -8,10 +8,9 @@ stay. Images that travelled inline and were not stored have no reference and are
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from kafka import KafkaProducer
 
@@ -21,21 +20,6 @@ from ingest.kafka import make_producer
 from ingest.settings import StackSettings
 
 logger = logging.getLogger(__name__)
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_since(text: str) -> datetime:
-    """``30m``, ``2h``, ``1d`` (before now) or an ISO timestamp with a time zone."""
-    m = _DURATION.match(text.strip())
-    if m:
-        return utcnow() - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
-    when = datetime.fromisoformat(text)
-    if when.tzinfo is None:
-        raise ValueError(f"timestamp {text!r} needs a time zone")
-    return when
-
 
 @dataclass(frozen=True)
 class RescoreResult:

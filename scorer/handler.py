@@ -27,7 +27,6 @@ from ingest.topics import IMAGES_VERDICTS
 from scorer.drift import PfakeDrift
 from scorer.engine import ServingModel, label_for
 from scorer.known_index import KnownIndex
-from scorer.pdq import to_hex
 from scorer.signals import (
     ImageSignals,
     SignalMetrics,
@@ -155,7 +154,7 @@ class ScoreHandler:
         t3 = time.monotonic()
         self._persist_inline(items)
         verdicts = self._verdicts(items, p_fake, model, timings)
-        self.sink.write([self._image_row(it) for it in items], verdicts)
+        self.sink.write([self._image_row(it, v) for it, v in zip(items, verdicts, strict=True)], verdicts)
         t4 = time.monotonic()
         for it, v in zip(items, verdicts, strict=True):
             batch.produce(IMAGES_VERDICTS, it.record.key or v.image_id.encode(), encode(v))
@@ -295,10 +294,10 @@ class ScoreHandler:
             if it.msg.inline is not None and it.data is not None:
                 self.store.put("images", hashlib.sha256(it.data).hexdigest(), it.data)
 
-    def _image_row(self, it: _Item) -> ImageRow:
+    def _image_row(self, it: _Item, v: Verdict) -> ImageRow:
         digest = hashlib.sha256(it.data or b"").hexdigest()
         ref = it.msg.ref or (f"s3://images/{digest}" if self.persist_inline else None)
-        pdq = None if it.found.hashes is None else to_hex(it.found.hashes[0])
+        pdq = v.signals.pdq if v.signals is not None else None  # hashed once, in the decode thread
         return ImageRow(
             it.msg.image_id,
             ref,
@@ -306,8 +305,8 @@ class ScoreHandler:
             it.msg.source,
             it.msg.submitted_at,
             dict(it.msg.metadata),
-            pdq,
-            it.found.quality if pdq is not None else None,
+            pdq.hash if pdq is not None else None,
+            pdq.quality if pdq is not None else None,
         )
 
     def _observe(self, verdicts: list[Verdict], timings_ms: dict[str, float]) -> None:

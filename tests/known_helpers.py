@@ -44,3 +44,19 @@ def png_with_parameters(img: Image.Image, seed: int = 1) -> bytes:
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", f"a photo of a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: {seed}")
     return encode(img, "PNG", pnginfo=info)
+
+
+def smooth_image(seed: int, h: int = 45, w: int = 70) -> np.ndarray:
+    """A natural-looking RGB image (low-frequency waves and blobs, no noise), off the 64 px grid."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.zeros((h, w, 3))
+    for _ in range(6):
+        fx, fy = rng.uniform(0.5, 3, 2)
+        img += rng.uniform(20, 60, 3) * np.sin(2 * np.pi * (fx * x + fy * y) + rng.uniform(0, 6.3))[..., None]
+    for _ in range(3):
+        cx, cy = rng.uniform(0.2, 0.8, 2)
+        blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / rng.uniform(0.05, 0.2) ** 2)
+        img += rng.uniform(-80, 80, 3) * blob[..., None]
+    img -= img.min()
+    return (img / img.max() * 255).astype(np.uint8)

@@ -1,6 +1,6 @@
 """Provenance read from image bytes (``ingest.provenance``): declared-AI markers are found, camera and
-plain images are not declared, C2PA validation states are those of the library, hostile metadata costs
-bounded work and memory, and no input makes it raise (Hypothesis, ``CIFAKE_FUZZ_EXAMPLES`` examples).
+plain images are not declared, C2PA validation states are those of the library, and no input makes it raise
+(Hypothesis, ``CIFAKE_FUZZ_EXAMPLES`` examples). Hostile metadata: ``tests/test_provenance_hostile.py``.
 
 Pure unit tests: fixtures are built in memory (``tests/provenance_fixtures.py``), C2PA ones signed by a
 throwaway CA. Nothing asserts on wall-clock time; the work is bounded through the limits instead.
@@ -8,30 +8,26 @@ throwaway CA. Nothing asserts on wall-clock time; the work is bounded through th
 
 from __future__ import annotations
 
-import logging
 import os
-import tracemalloc
 import zipfile
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-import ingest.provenance as provenance_module
 from ingest.c2pa_reader import read_c2pa
 from ingest.provenance import ProvenanceSettings, read_provenance
 from ingest.provenance_fields import DST_PREFIX, matcher
 from ingest.signals import Provenance
 from tests import provenance_fixtures as fx
-from tests.imagegen import noise, png_chunk, save
+from tests import provenance_hostile as hostile
+from tests.imagegen import noise, save
+from tests.provenance_checks import has, internal_errors, no_c2pa_calls, summary, trusting
 
 REAL_ZIP = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifake-train.zip"
 EXAMPLES = int(os.environ.get("CIFAKE_FUZZ_EXAMPLES", "150"))
@@ -40,51 +36,6 @@ FUZZ = settings(
     deadline=timedelta(seconds=5),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-
-
-@cache
-def trusting() -> ProvenanceSettings:
-    return ProvenanceSettings(trust_anchors_pem=fx.signing_ca().ca_pem)
-
-
-def summary(p: Provenance) -> list[tuple[str, str, str]]:
-    return [(f.kind, f.status, f.detail) for f in p.findings]
-
-
-def has(p: Provenance, kind: str, status: str, part: str) -> bool:
-    return any(f.kind == kind and f.status == status and part in f.detail for f in p.findings)
-
-
-@contextmanager
-def no_c2pa_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fails the test if the C2PA library is reached (counted, since read_provenance swallows errors)."""
-    calls: list[object] = []
-
-    def record(*args: object, **_: object) -> Any:
-        calls.append(args)
-        return [], None
-
-    with monkeypatch.context() as m:
-        m.setattr(provenance_module, "read_c2pa", record)
-        yield
-    assert not calls, "the C2PA library was called"
-
-
-@contextmanager
-def internal_errors() -> Iterator[list[logging.LogRecord]]:
-    """Records of the last-resort guard in ``read_provenance``: each one is a bug, not an outcome."""
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    handler = Keep(level=logging.ERROR)
-    provenance_module.logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        provenance_module.logger.removeHandler(handler)
 
 
 # -- declared AI --------------------------------------------------------------------------------
@@ -234,142 +185,6 @@ def test_settings_are_frozen_and_refuse_a_trust_list_that_is_not_pem() -> None:
         ProvenanceSettings().enabled = False
 
 
-# -- hostile metadata ---------------------------------------------------------------------------
-
-
-def _cut_inside(data: bytes, needle: bytes) -> bytes:
-    return data[: data.index(needle) + len(needle) + 5]
-
-
-HOSTILE: dict[str, tuple[Callable[[], bytes], str, str, str]] = {
-    # name: (builder, kind, status, piece of the detail)
-    "ztxt bomb (50 MB of zeros)": (fx.text_bomb, "png_text", "unreadable", "inflates past the 65536-byte"),
-    "5,000 text chunks": (fx.many_text_chunks, "png_text", "unreadable", "more than 4096 chunks"),
-    "text chunks beyond the text limit": (fx.many_text_chunks, "png_text", "unreadable", "over 64 text"),
-    "4 MB XMP in iTXt": (fx.huge_xmp_png, "png_text", "unreadable", "exceeds the 262144-byte limit"),
-    "xmp with a DTD": (fx.billion_laughs_xmp, "iptc_xmp", "unreadable", "DTDForbidden"),
-    "xmp not well-formed": (
-        lambda: fx.jpeg_with_xmp(b"<x:xmpmeta><unclosed></x:xmpmeta>"),
-        "iptc_xmp",
-        "unreadable",
-        "not well-formed",
-    ),
-    "binary garbage in text chunks": (fx.garbage_text_chunks, "png_text", "unreadable", "decompressing"),
-    "itxt header cut short": (fx.garbage_text_chunks, "png_text", "unreadable", "header is truncated"),
-    "text chunk with a bad crc": (fx.png_bad_text_crc, "png_text", "unreadable", "bad CRC"),
-    "chunk length past the end": (fx.png_length_past_end, "png_text", "unreadable", "past the end"),
-    "png cut inside a text chunk": (
-        lambda: _cut_inside(fx.png_with_chunks([fx.text_chunk("parameters", fx.A1111_PARAMETERS)]), b"tEXt"),
-        "png_text",
-        "unreadable",
-        "past the end",
-    ),
-    "jpeg cut inside its xmp": (
-        lambda: _cut_inside(fx.jpeg_with_xmp(fx.dst_attribute("trainedAlgorithmicMedia")), b"xap/1.0/"),
-        "iptc_xmp",
-        "unreadable",
-        "runs past the end",
-    ),
-    "jpeg cut inside its c2pa store": (
-        lambda: _cut_inside(fx.c2pa_fixture("jpeg"), b"jumb"),
-        "c2pa",
-        "unreadable",
-        "runs past the end",
-    ),
-    "webp cut inside its xmp": (
-        lambda: _cut_inside(fx.webp_with(xmp=fx.dst_attribute("trainedAlgorithmicMedia")), b"XMP "),
-        "iptc_xmp",
-        "unreadable",
-        "runs past the end",
-    ),
-    "malformed jumbf": (fx.malformed_jumbf_jpeg, "c2pa", "unreadable", "C2PA manifest unreadable"),
-    "oversized jumbf": (fx.oversized_jumbf_jpeg, "c2pa", "unreadable", "manifest store over 2097152 bytes"),
-    "exif without a tiff header": (
-        lambda: fx.jpeg_with_segments([fx.jpeg_segment(0xE1, b"Exif\x00\x00garbage")]),
-        "exif_software",
-        "unreadable",
-        "no TIFF header",
-    ),
-    "oversized exif in png": (
-        lambda: fx.png_with_chunks([png_chunk(b"eXIf", b"MM\x00*" + bytes(70_000))]),
-        "exif_software",
-        "unreadable",
-        "exceeds the 65536-byte limit",
-    ),
-}
-
-
-@pytest.mark.parametrize("name", list(HOSTILE))
-def test_hostile_metadata_is_reported_unreadable_with_a_reason(name: str) -> None:
-    make, kind, status, part = HOSTILE[name]
-    with internal_errors() as errors:
-        p = read_provenance(make(), trusting())
-    assert has(p, kind, status, part), summary(p)
-    assert not p.declared_ai and not errors
-
-
-def test_a_bad_crc_hides_the_chunk_it_protects() -> None:
-    """A text chunk that fails its CRC is not believed, even when it reads as generation parameters."""
-    p = read_provenance(fx.png_bad_text_crc(), trusting())
-    assert not p.declared_ai and not has(p, "png_text", "declared_ai", "")
-
-
-def test_deeply_nested_xmp_is_parsed_without_harm() -> None:
-    with internal_errors() as errors:
-        p = read_provenance(fx.deep_xmp_png(), trusting())
-    assert not p.declared_ai and not errors
-
-
-def test_an_oversized_store_is_never_handed_to_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
-    small = ProvenanceSettings(max_c2pa_bytes=1000)
-    with no_c2pa_calls(monkeypatch):
-        p = read_provenance(fx.c2pa_fixture("jpeg"), small)
-    assert has(p, "c2pa", "unreadable", "manifest store over 1000 bytes") and p.c2pa is None
-
-
-def test_the_walk_stops_at_the_chunk_and_scan_limits() -> None:
-    text = fx.text_chunk("parameters", fx.A1111_PARAMETERS)
-    late = fx.png_with_chunks([fx.text_chunk(f"k{i}", "v") for i in range(30)] + [text])
-    assert read_provenance(late, ProvenanceSettings()).declared_ai
-    assert not read_provenance(late, ProvenanceSettings(max_chunks=20)).declared_ai
-    assert not read_provenance(late, ProvenanceSettings(max_text_chunks=10)).declared_ai
-    cut = read_provenance(late, ProvenanceSettings(max_scan_bytes=200))
-    assert not cut.declared_ai and has(cut, "png_text", "unreadable", "only the first 200 bytes")
-
-
-def test_findings_are_capped_with_the_declarations_kept() -> None:
-    bad = [bytearray(fx.text_chunk(f"key{i}", "v")) for i in range(40)]
-    for chunk in bad:
-        chunk[-1] ^= 0xFF
-    good = fx.text_chunk("parameters", fx.A1111_PARAMETERS)
-    p = read_provenance(fx.png_with_chunks([*map(bytes, bad), good]), trusting())
-    assert len(p.findings) == 16 and p.declared_ai and p.findings[0].status == "declared_ai"
-
-
-XMP_SEGMENT = b"http://ns.adobe.com/xap/1.0/\x00" + fx.dst_attribute("digitalCapture") + b" " * 60_000
-
-
-@pytest.mark.parametrize(
-    ("make", "limit_mib"),
-    [
-        (fx.text_bomb, 2),
-        (lambda: fx.huge_xmp_png(8_000_000), 1),
-        (fx.oversized_jumbf_jpeg, 1),
-        (lambda: fx.jpeg_with_segments([fx.jpeg_segment(0xE1, XMP_SEGMENT)] * 200), 2),
-    ],
-    ids=["ztxt bomb", "8 MB xmp", "2.6 MB jumbf", "200 xmp segments of 60 kB"],
-)
-def test_hostile_metadata_costs_little_memory(make: Callable[[], bytes], limit_mib: int) -> None:
-    data = make()
-    tracemalloc.start()
-    try:
-        read_provenance(data, trusting())
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < limit_mib * 2**20, peak
-
-
 # -- threads ------------------------------------------------------------------------------------
 
 
@@ -397,8 +212,8 @@ def seeds() -> list[bytes]:
     return [
         *fx.declared_ai_fixtures().values(),
         *fx.camera_fixtures().values(),
-        fx.malformed_jumbf_jpeg(),
-        fx.garbage_text_chunks(),
+        hostile.malformed_jumbf_jpeg(),
+        hostile.garbage_text_chunks(),
         fx.c2pa_fixture("webp"),
     ]
 

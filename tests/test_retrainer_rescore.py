@@ -11,9 +11,10 @@ import pytest
 from ingest.contracts import ImageSubmitted, decode
 from ingest.settings import StackSettings
 from ingest.storage import S3Store
+from ingest.times import parse_since
 from retrainer.__main__ import main as retrainer_main
 from retrainer.registry import Announcer, ModelRegistry
-from retrainer.rescore import parse_since, rescore
+from retrainer.rescore import rescore
 from tests.kafka_helpers import read_all
 from tests.retrainer_helpers import insert_images, models_topic
 from tests.scorer_helpers import make_weights

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ingest.contracts import utcnow
-from retrainer.rescore import parse_since
+from ingest.times import parse_since
 from retrainer.retrain import gate, in_holdout, interpolate
 from retrainer.settings import GateSettings
 from scorer.models import create_model

@@ -21,6 +21,7 @@ from PIL import Image
 
 from ingest.contracts import MAX_INLINE_BYTES
 from tests import provenance_fixtures as prov
+from tests import provenance_hostile as hostile
 from tests.imagegen import (
     animated_gif,
     half,
@@ -265,14 +266,14 @@ PROVENANCE_CASES = [
         "verdict",
         image=lambda: prov.tamper_pixels(prov.c2pa_fixture("jpeg")),
     ),
-    SubmittedCase("malformed c2pa jumbf", "image", "verdict", image=prov.malformed_jumbf_jpeg),
-    SubmittedCase("xmp with a dtd (billion laughs)", "image", "verdict", image=prov.billion_laughs_xmp),
-    SubmittedCase("xmp nested 30000 deep", "image", "verdict", image=prov.deep_xmp_png),
+    SubmittedCase("malformed c2pa jumbf", "image", "verdict", image=hostile.malformed_jumbf_jpeg),
+    SubmittedCase("xmp with a dtd (billion laughs)", "image", "verdict", image=hostile.billion_laughs_xmp),
+    SubmittedCase("xmp nested 30000 deep", "image", "verdict", image=hostile.deep_xmp_png),
     SubmittedCase(
-        "png ztxt bomb under pil's limit", "image", "verdict", image=lambda: prov.text_bomb(900_000)
+        "png ztxt bomb under pil's limit", "image", "verdict", image=lambda: hostile.text_bomb(900_000)
     ),
-    SubmittedCase("png with 5000 text chunks", "image", "verdict", image=prov.many_text_chunks),
-    SubmittedCase("png text chunks of binary garbage", "image", "verdict", image=prov.garbage_text_chunks),
+    SubmittedCase("png with 5000 text chunks", "image", "verdict", image=hostile.many_text_chunks),
+    SubmittedCase("png text chunks of binary garbage", "image", "verdict", image=hostile.garbage_text_chunks),
 ]
 IMAGE_CASES += PROVENANCE_CASES
 
