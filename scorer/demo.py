@@ -192,7 +192,7 @@ def _print_table(rows: list[tuple[str, str, float, str]], ids: dict[str, Sample]
         print(
             f"accuracy on the {known} images with a known label and a decided verdict: {right / known:.1%}"
             " (if these come from the training archive, most were seen in training: the held-out"
-            " validation figures are in the README)"
+            " validation figures are in docs/detector.md)"
         )
 
 

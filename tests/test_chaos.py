@@ -2,7 +2,7 @@
 images (10 bad, of every kind) are published, a scorer is SIGKILLed, the Kafka broker is killed and restarted,
 MinIO is down for 5 s and a second scorer joins. Nothing may be lost or counted twice, and the DLQ must hold
 exactly the bad images with their reasons. The long run (5,000 images, every fault) is the same command
-without options; see the README's "Guarantees"."""
+without options; see docs/reliability.md."""
 
 from __future__ import annotations
 

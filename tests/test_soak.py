@@ -1,6 +1,6 @@
 """A short soak (``python -m scorer bench --soak 40 --interval 10 --rate 20``) on the running stack: the
 report has its keys, the scorer's memory is flat after the first interval and the consumer lag stays bounded.
-The long soak (600 s at 80% of the measured maximum) is documented in the README's "Guarantees"."""
+The long soak (600 s at 80% of the measured maximum) is documented in docs/reliability.md."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_short_soak_has_flat_memory_and_bounded_lag(stack: StackSettings) -> Non
     assert result.returncode == 0, context
 
 
-# p99 per minute of 600 s soaks measured on the 2-core dev machine (README "The soak run").
+# p99 per minute of 600 s soaks measured on the 2-core dev machine (docs/reliability.md, "The soak run").
 STEADY = [585.7, 533.3, 444.6, 407.8, 837.0, 336.4, 384.0, 621.5, 257.7, 252.8]
 FELL_BEHIND = [734.1, 526.2, 585.3, 765.0, 5870.0, 13803.7, 13533.7, 11664.3, 12713.4, 9725.9]
 FIRST_MINUTE_STALL = [5440.3, 1563.7, 1313.0, 854.2, 4799.8, 2152.4, 2134.7, 1711.3, 1560.4, 924.7]
