@@ -178,6 +178,7 @@ class ExplainHandler:
         self.sink.write(rows)
         timer.lap("write")
         now = utcnow()
+        source = {it.verdict.image_id: it.record for it in items}
         for row in rows:
             msg = Explanation(
                 image_id=row.image_id,
@@ -187,7 +188,7 @@ class ExplainHandler:
                 evidence=row.evidence,
                 created_at=now,
             )
-            batch.produce(self.output_topic, row.image_id.encode(), encode(msg))
+            batch.produce(self.output_topic, row.image_id.encode(), encode(msg), source.get(row.image_id))
             self.metrics.explanations.labels(row.method, row.model_version).inc()
         for stage, seconds in timer.stages.items():
             self.metrics.stage_seconds.labels(stage).observe(seconds)

@@ -40,13 +40,24 @@ class Failure:
     code: str  # short, bounded reason code: the metrics label
 
 
+@dataclass(frozen=True)
+class Output:
+    """A downstream message queued by the handler. ``source`` is the record it came from: when the broker
+    will never accept the message (larger than the topic allows), that record is dead-lettered instead."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    source: Record | None = None
+
+
 @dataclass
 class Batch:
     """What the handler sees: the records, plus the two ways it reports back."""
 
     records: list[Record]
     failures: dict[tuple[str, int, int], Failure] = field(default_factory=dict)
-    outputs: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
+    outputs: list[Output] = field(default_factory=list)
 
     def fail(self, record: Record, error: BaseException | str) -> None:
         """Mark ``record`` as permanently failed; it will be dead-lettered with this reason."""
@@ -60,9 +71,13 @@ class Batch:
         key = (record.topic, record.partition, record.offset)
         self.failures[key] = Failure(record, error_class, reason[:MAX_REASON], str(code)[:64])
 
-    def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
-        """Queue a downstream message; it is sent and flushed before the batch is committed."""
-        self.outputs.append((topic, key, value))
+    def produce(self, topic: str, key: bytes | None, value: bytes, source: Record | None = None) -> None:
+        """Queue a downstream message; it is sent and flushed before the batch is committed. Name the
+        ``source`` record when there is one, so an undeliverable message fails that record only."""
+        self.outputs.append(Output(topic, key, value, source))
+
+    def is_failed(self, record: Record) -> bool:
+        return (record.topic, record.partition, record.offset) in self.failures
 
     def pending(self) -> Iterator[Record]:
         """Records not (yet) marked as failed."""
@@ -74,14 +89,16 @@ class Batch:
 Handler = Callable[[Batch], None]
 
 
-def dead_letter(failure: Failure, attempt: int, service: str) -> DeadLetter:
+def dead_letter(
+    failure: Failure, attempt: int, service: str, max_payload: int = MAX_DEAD_LETTER_PAYLOAD
+) -> DeadLetter:
     """The ``<topic>.dlq`` message for ``failure``: the original record (its head, when it is too large to
     send whole: topic, partition and offset still locate all of it) and why it failed."""
     r = failure.record
     payload, reason = r.value or b"", failure.reason
-    if len(payload) > MAX_DEAD_LETTER_PAYLOAD:
-        note = f"[payload truncated from {len(payload)} to {MAX_DEAD_LETTER_PAYLOAD} bytes] "
-        payload, reason = payload[:MAX_DEAD_LETTER_PAYLOAD], (note + reason)[:MAX_REASON]
+    if len(payload) > max_payload:
+        note = f"[payload truncated from {len(payload)} to {max_payload} bytes] "
+        payload, reason = payload[:max_payload], (note + reason)[:MAX_REASON]
     return DeadLetter(
         payload_b64=base64.b64encode(payload).decode(),
         key_b64=base64.b64encode(r.key).decode() if r.key is not None else None,

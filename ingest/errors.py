@@ -8,6 +8,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+Kind = Literal["transient", "permanent", "unexpected"]
+
+# Broker answers about one message that no retry changes (it is larger than the topic accepts, or malformed).
+RECORD_REJECTIONS = frozenset(
+    {"MessageSizeTooLargeError", "RecordListTooLargeError", "InvalidRecordError", "CorruptRecordError"}
+)
+
 
 class PermanentError(Exception):
     """Processing this record can never succeed; dead-letter it.
@@ -81,3 +90,24 @@ def is_transient(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover
         pass
     return False
+
+
+def classify(exc: BaseException) -> Kind:
+    """The one classification the consumer loop and the HTTP API share.
+
+    ``transient``: retry later (the loop backs off without committing; the API answers 503).
+    ``permanent``: this input can never succeed (the loop dead-letters it; the API answers 4xx).
+    ``unexpected``: a bug or a deployment fault, such as a missing ACL (the loop retries, then its circuit
+    breaker holds; the API answers 500 and logs).
+    """
+    if is_transient(exc):
+        return "transient"
+    if isinstance(exc, PermanentError):
+        return "permanent"
+    return "unexpected"
+
+
+def rejects_record(exc: BaseException) -> bool:
+    """True when the broker refused one message for what it is (its size or shape), not for who sent it
+    or where: another message to the same topic would be accepted."""
+    return type(exc).__name__ in RECORD_REJECTIONS

@@ -34,13 +34,12 @@ from kafka import TopicPartition
 from kafka.errors import UnsupportedCodecError
 from kafka.structs import OffsetAndMetadata
 
-from ingest.batch import MAX_DEAD_LETTER_PAYLOAD, Batch, Failure, Handler, Record, dead_letter
+from ingest.batch import MAX_DEAD_LETTER_PAYLOAD, Batch, Failure, Handler, Record
 from ingest.breaker import Breaker
-from ingest.contracts import encode
+from ingest.delivery import Delivery, DeliveryRefused
 from ingest.errors import PermanentError, is_transient
 from ingest.loop_config import ConsumerLike, LoopConfig, ProducerLike, Revocations, RunStats
 from ingest.metrics import LoopMetrics
-from ingest.topics import dlq_topic
 
 # The batch model lives in ingest.batch; handlers and tests import it from here as well.
 __all__ = [
@@ -84,13 +83,17 @@ class ConsumerLoop:
         config: LoopConfig,
         metrics: LoopMetrics | None = None,
         revocations: Revocations | None = None,
+        delivery: Delivery | None = None,
     ) -> None:
-        """``revocations``: the rebalance listener given to ``consumer.subscribe`` (``RevocationTracker``)."""
+        """``revocations``: the rebalance listener given to ``consumer.subscribe`` (``RevocationTracker``).
+        ``delivery``: how outputs reach the broker (``ingest.delivery``); by default through ``producer``
+        with Kafka's default message limit."""
         self.consumer = consumer
         self.revocations = revocations
         # Highest offset this member committed per partition while it owned it: a commit never goes back.
         self._committed: dict[TopicPartition, int] = {}
-        self.producer = producer
+        self.delivery = delivery or Delivery(producer, config.service, timeout_s=config.flush_timeout_s)
+        self._refused: str | None = None  # why the broker refuses an output topic, while it does
         self.handler = handler
         self.config = config
         self.metrics = metrics
@@ -103,6 +106,8 @@ class ConsumerLoop:
         """For ``/ready``: not ready while the circuit breaker holds a batch."""
         if self.breaker.is_open:
             return False, "circuit open: batches fail on every record with unexpected errors"
+        if self._refused is not None:
+            return False, f"circuit open: {self._refused}"
         return True, "ready"
 
     # -- shutdown ------------------------------------------------------------------------------
@@ -327,17 +332,27 @@ class ConsumerLoop:
         logger.log(level, "dead-lettering %s: %s: %s", record.where, type(e).__name__, e, exc_info=level > 20)
 
     def _deliver(self, batch: Batch, attempt: int) -> None:
-        """Send outputs and dead letters, then flush: after this returns they are durable in Kafka."""
+        """Send outputs and dead letters and wait for the broker: after this returns they are durable.
+        Whatever was sent before a failure may be sent again on retry; downstream consumers upsert by key."""
         try:
-            for topic, key, value in batch.outputs:
-                self.producer.send(topic, value=value, key=key)
-            for f in batch.failures.values():
-                letter = dead_letter(f, attempt, self.config.service)
-                self.producer.send(dlq_topic(f.record.topic), value=encode(letter), key=f.record.key)
-            self.producer.flush(timeout=self.config.flush_timeout_s)
+            self.delivery.deliver(batch, attempt)
+        except DeliveryRefused as e:
+            if self._refused is None:
+                logger.error(
+                    "circuit open: %s; holding the batch, retrying every %.0fs",
+                    e,
+                    self.config.breaker_probe_s,
+                )
+            self._refused = str(e)
+            if self.metrics:
+                self.metrics.circuit_open.set(1)
+                self.metrics.batches.labels("held").inc()
+            raise _Open() from e
         except Exception as e:
-            # Whatever was sent may be duplicated on retry; downstream consumers upsert by key.
             raise _Retry(e) from e
+        if self._refused is not None:
+            logger.warning("circuit closed: the broker accepts the outputs again")
+            self._refused = None
 
     def _without_revoked(self, records: list[Record]) -> list[Record]:
         """Drop records of partitions a rebalance revoked since they were polled (the listener runs inside
@@ -411,4 +426,4 @@ class ConsumerLoop:
 
     def _close_producer(self) -> None:
         with contextlib.suppress(Exception):
-            self.producer.close(timeout=self.config.flush_timeout_s)
+            self.delivery.producer.close(timeout=self.config.flush_timeout_s)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from ingest.kafka import RevocationTracker, make_consumer, make_producer
+from ingest.delivery import Delivery, TopicLimits, broker_limits
+from ingest.kafka import RevocationTracker, make_admin, make_consumer, make_producer
 from ingest.loop import ConsumerLoop, Handler, LoopConfig
 from ingest.metrics import LoopMetrics, new_registry, serve_metrics
 from ingest.settings import ServiceSettings, StackSettings, describe
@@ -72,5 +73,12 @@ def build_service(
         breaker_min_records=settings.breaker_min_records,
         breaker_probe_s=settings.breaker_probe_s,
     )
-    loops.append(ConsumerLoop(consumer, producer, handler, config, metrics, revocations))
+    delivery = Delivery(
+        producer,
+        app,
+        TopicLimits(broker_limits(lambda: make_admin(stack.kafka))),
+        config.flush_timeout_s,
+        renew=lambda: make_producer(stack.kafka),
+    )
+    loops.append(ConsumerLoop(consumer, producer, handler, config, metrics, revocations, delivery))
     return Service(loops[0], registry, port)

@@ -157,7 +157,7 @@ class ScoreHandler:
         self.sink.write([self._image_row(it, v) for it, v in zip(items, verdicts, strict=True)], verdicts)
         t4 = time.monotonic()
         for it, v in zip(items, verdicts, strict=True):
-            batch.produce(IMAGES_VERDICTS, it.record.key or v.image_id.encode(), encode(v))
+            batch.produce(IMAGES_VERDICTS, it.record.key or v.image_id.encode(), encode(v), it.record)
         self._observe(verdicts, {**timings, "write": (t4 - t3) * 1e3})
 
     # -- steps ------------------------------------------------------------------------------------

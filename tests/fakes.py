@@ -85,8 +85,11 @@ class FakeProducer:
     pending: list[tuple[str, bytes | None, bytes | None]] = field(default_factory=list)
     fail_flush: int = 0
     closed: bool = False
+    refuse: dict[str, BaseException] = field(default_factory=dict)  # topic -> what send() raises
 
     def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> None:
+        if topic in self.refuse:
+            raise self.refuse[topic]
         self.pending.append((topic, key, value))
 
     def flush(self, timeout: float | None = None) -> None:

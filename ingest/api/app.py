@@ -20,20 +20,18 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 import psycopg2.pool
-import urllib3.exceptions
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
-from minio.error import S3Error
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ingest.api.sessions import SessionSigner
+from ingest.errors import classify
 from ingest.intake import Intake, IntakeSettings
 from ingest.kafka import make_producer
 from ingest.metrics import new_registry
@@ -43,15 +41,6 @@ from ingest.storage import S3Store
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
-# Broker, object store or database unavailable.
-TRANSIENT = (
-    KafkaError,
-    psycopg2.OperationalError,
-    psycopg2.InterfaceError,
-    S3Error,
-    urllib3.exceptions.HTTPError,
-    OSError,
-)
 
 
 class Pool:
@@ -213,8 +202,11 @@ def _add_common_routes(app: FastAPI, st: AppState) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("%s %s failed", request.method, request.url.path)
-        if isinstance(exc, TRANSIENT):  # the client may retry: every write here is idempotent
+        kind = classify(exc)  # the consumer loop's classification: a fault the loop retries, the client may
+        if kind == "transient":  # every write here is idempotent, so a retry is safe
             return error_body(503, "unavailable", f"temporarily unavailable ({type(exc).__name__}); retry")
+        if kind == "permanent":
+            return error_body(422, getattr(exc, "code", "permanent"), str(getattr(exc, "reason", exc)))
         return error_body(500, "internal_error", "internal error (logged)")
 
     @app.get("/healthz", tags=["operations"])
