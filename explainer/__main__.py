@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from ingest.memory import limit_malloc_arenas
+
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 METHOD_CHOICES = ["gradcam", "hirescam", "layercam"]
@@ -213,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    limit_malloc_arenas()  # before the fetch and decode threads start: see ingest/memory.py
     return handlers[args.command](args)
 
 

@@ -15,6 +15,7 @@ readers key on (image_id, model_version, method).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from explainer.cam import Method, TargetSpec
 from explainer.models import Explainers, ModelCache
 from explainer.render import render
 from explainer.sink import ARTEFACTS, BUCKET, ExplanationRow, ExplanationSink, object_keys
+from ingest.budget import as_fetched
 from ingest.contracts import Explanation, ImageSubmitted, Verdict, decode, encode, utcnow
 from ingest.decode import DecodeLimits, decode_image, to_rgb_array
 from ingest.errors import InvalidMessage, PermanentError, is_transient
@@ -95,7 +97,6 @@ class _Item:
     record: Record
     verdict: Verdict
     ref: str | None = None
-    data: bytes | None = None
     array: np.ndarray | None = None
 
 
@@ -161,19 +162,16 @@ class ExplainHandler:
         items = self._select(batch)
         self._lookup(batch, items)
         timer.lap("lookup")
-        self._fetch(batch, items)
-        timer.lap("fetch")
-        by_version: dict[str, list[_Item]] = {}
-        for it in items:
-            if it.data is not None:
-                by_version.setdefault(it.verdict.model_version, []).append(it)
+        by_version: dict[str, list[tuple[_Item, ImageSubmitted]]] = {}
+        for it, request in self._requests(batch, items):
+            by_version.setdefault(it.verdict.model_version, []).append((it, request))
         rows: list[ExplanationRow] = []
         for version, group in by_version.items():
-            ex = self._explainers(batch, version, group)
+            ex = self._explainers(batch, version, [it for it, _ in group])
             if ex is None:
                 continue
-            live = self._decode(batch, group, ex.input_size)
-            timer.lap("decode")
+            live = self._fetch_decode(batch, group, ex.input_size)
+            timer.lap("fetch_decode")
             rows.extend(self._explain(ex, live, timer))
         self.sink.write(rows)
         timer.lap("write")
@@ -220,10 +218,10 @@ class ExplainHandler:
             else:
                 it.ref = refs[vid]
 
-    def _fetch(self, batch: Batch, items: list[_Item]) -> None:
+    def _requests(self, batch: Batch, items: list[_Item]) -> list[tuple[_Item, ImageSubmitted]]:
         # The safe fetcher takes submissions; the reference comes from our own images table, and one
         # that the contract refuses (written by something other than the scorer) fails only its record.
-        live, msgs = [], []
+        out = []
         for it in items:
             if it.ref is None:
                 continue
@@ -240,15 +238,8 @@ class ExplainHandler:
                     PermanentError(f"stored reference is not valid: {e.errors()[0]['msg']}", "invalid_ref"),
                 )
                 continue
-            live.append(it)
-            msgs.append(msg)
-        for it, res in zip(live, self.fetcher.fetch_many(msgs), strict=True):
-            if isinstance(res, bytes):
-                it.data = res
-            elif is_transient(res):
-                raise res  # the store is down: retry the whole batch, commit nothing
-            else:
-                batch.fail(it.record, res)
+            out.append((it, msg))
+        return out
 
     def _explainers(self, batch: Batch, version: str, group: list[_Item]) -> Explainers | None:
         try:
@@ -263,16 +254,31 @@ class ExplainHandler:
                 batch.fail(it.record, e)
             return None
 
-    def _decode(self, batch: Batch, group: list[_Item], size: int) -> list[_Item]:
+    def _fetch_decode(
+        self, batch: Batch, group: list[tuple[_Item, ImageSubmitted]], size: int
+    ) -> list[_Item]:
+        """Fetch and decode ``group``: each image is decoded as it arrives and its bytes go back to the
+        fetcher's budget at once (``ingest.budget``), so a batch of phone photos is never held whole."""
+        budget = self.fetcher.budget
+        futures = self.fetcher.submit_within([m for _, m in group], budget)
         ok = []
-        for it in group:
-            assert it.data is not None
-            try:
-                it.array = to_rgb_array(decode_image(it.data, self.limits, target_size=size), size)
-                ok.append(it)
-            except PermanentError as e:
-                batch.fail(it.record, e)
-        return ok
+        with contextlib.closing(as_fetched(futures, budget)) as arrivals:
+            for i, res in arrivals:
+                it = group[i][0]
+                if isinstance(res, bytes):
+                    try:
+                        it.array = to_rgb_array(decode_image(res, self.limits, target_size=size), size)
+                        ok.append(it)
+                    except PermanentError as e:
+                        batch.fail(it.record, e)
+                    finally:
+                        budget.release(len(res))
+                elif is_transient(res):
+                    raise res  # the store is down: retry the whole batch, commit nothing
+                else:
+                    batch.fail(it.record, res)
+        position = {id(it): n for n, (it, _) in enumerate(group)}
+        return sorted(ok, key=lambda it: position[id(it)])  # the batch's order, whatever arrived first
 
     def _explain(self, ex: Explainers, items: list[_Item], timer: _Timer) -> list[ExplanationRow]:
         if not items:

@@ -51,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, field_validato
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
+from ingest.budget import ByteBudget, Held
 from ingest.contracts import ImageSubmitted, parse_s3_ref
 from ingest.errors import PermanentError, TransientError, is_transient
 from ingest.storage import ObjectStore
@@ -93,6 +94,9 @@ class FetchSettings(BaseModel):
     http_enabled: bool = False
     http_allowed_hosts: list[str] = Field(default_factory=list)
     max_bytes: int = Field(default=10 * MiB, ge=1)
+    # Fetched image bytes a process holds until they are decoded (ingest/budget.py): a batch of phone
+    # photos waits for room instead of being held whole.
+    budget_bytes: int = Field(default=128 * MiB, ge=1)
     http_timeout_s: float = Field(default=5.0, gt=0)
     max_redirects: int = Field(default=3, ge=0, le=10)
     workers: int = Field(default=8, ge=1, le=256)
@@ -178,6 +182,7 @@ class Fetcher:
                 num_pools=32, maxsize=self.settings.workers, block=False, retries=False
             )
         self._executor = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="fetch")
+        self.budget = ByteBudget(self.settings.budget_bytes)
 
     def __enter__(self) -> Fetcher:
         return self
@@ -197,6 +202,16 @@ class Fetcher:
         """Start fetching every message on the pool; one future per message, in order. A caller that
         stops early should cancel the futures it no longer needs."""
         return [self._executor.submit(self.fetch, m) for m in msgs]
+
+    def submit_within(self, msgs: Sequence[ImageSubmitted], budget: ByteBudget) -> list[Future[Held]]:
+        """``submit_many`` for images that may be large: each fetched image takes its size from
+        ``budget`` before its future completes. Read the futures with ``ingest.budget.as_fetched``."""
+        return [self._executor.submit(self._fetch_within, m, budget) for m in msgs]
+
+    def _fetch_within(self, msg: ImageSubmitted, budget: ByteBudget) -> Held:
+        data = self.fetch(msg)
+        budget.acquire(len(data))
+        return Held(data)
 
     def fetch_many(self, msgs: Sequence[ImageSubmitted]) -> list[bytes | BaseException]:
         """Fetch every message concurrently; the result list is in the order of ``msgs``.

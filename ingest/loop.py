@@ -40,6 +40,7 @@ from ingest.delivery import Delivery, DeliveryRefused
 from ingest.errors import PermanentError, is_transient
 from ingest.loop_config import ConsumerLike, LoopConfig, ProducerLike, Revocations, RunStats
 from ingest.metrics import LoopMetrics
+from ingest.rebalance import without_revoked
 
 # The batch model lives in ingest.batch; handlers and tests import it from here as well.
 __all__ = [
@@ -232,10 +233,12 @@ class ConsumerLoop:
                 if records and (is_transient(e) or isinstance(e, UnsupportedCodecError)):
                     break  # hand out what already arrived; the next poll meets the outage and backs off
                 raise
-            records = self._without_revoked(records)
-            for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):
-                for m in polled[tp]:
-                    records.append(Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp or 0))
+            fresh = [
+                Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp or 0)
+                for tp in sorted(polled, key=lambda t: (t.topic, t.partition))
+                for m in polled[tp]
+            ]
+            records = self._without_revoked(records + fresh)
             if not records:
                 break  # nothing arrived within poll_timeout: let run() check its stop conditions
             if deadline is None:
@@ -355,19 +358,13 @@ class ConsumerLoop:
             self._refused = None
 
     def _without_revoked(self, records: list[Record]) -> list[Record]:
-        """Drop records of partitions a rebalance revoked since they were polled (the listener runs inside
-        poll): their new owner processes them from the group's committed offset."""
+        """Drop records of partitions a rebalance revoked since they were polled (``ingest.rebalance``)."""
         gone = self.revocations.take() if self.revocations is not None else set()
         if not gone:
             return records
         for tp in gone:
             self._committed.pop(tp, None)
-        kept = [r for r in records if TopicPartition(r.topic, r.partition) not in gone]
-        if len(kept) < len(records):
-            logger.info(
-                "rebalance: dropped %d records of revoked partitions from the batch", len(records) - len(kept)
-            )
-        return kept
+        return without_revoked(self.consumer, gone, records)
 
     def _commit(self, records: list[Record]) -> None:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}

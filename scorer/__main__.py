@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import TypeAlias
 
+from ingest.memory import limit_malloc_arenas
+
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    limit_malloc_arenas()  # before the fetch and decode threads start: see ingest/memory.py
     return handlers[args.command](args)
 
 

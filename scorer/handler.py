@@ -7,6 +7,7 @@ store, database) raises, so the loop retries the whole batch without committing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -17,10 +18,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from ingest.budget import as_fetched
 from ingest.contracts import ImageSubmitted, Verdict, decode, encode, utcnow
 from ingest.decode import DecodeLimits, decode_image, to_rgb_array
 from ingest.errors import InvalidMessage, PermanentError, is_transient
-from ingest.fetch import Fetcher, outcome
+from ingest.fetch import Fetcher
 from ingest.loop import Batch, Record
 from ingest.storage import ObjectStore
 from ingest.topics import IMAGES_VERDICTS
@@ -85,7 +87,8 @@ class ScorerMetrics:
 class _Item:
     record: Record
     msg: ImageSubmitted
-    data: bytes | None = None  # None until fetched; b"" is a fetched empty object (dead-lettered)
+    data: bytes | None = None  # an inline image's bytes, kept to store it; fetched bytes are not kept
+    digest: str | None = None  # sha256 of the image bytes
     array: np.ndarray | None = None
     size: tuple[int, int] | None = None
     fmt: str | None = None
@@ -216,68 +219,88 @@ class ScoreHandler:
     def _score(
         self, batch: Batch, items: list[_Item], model: ServingModel, timings: dict[str, float]
     ) -> tuple[list[_Item], np.ndarray]:
-        """Fetch, decode and infer ``items`` chunk by chunk: every fetch starts at once on the fetcher's
-        pool, and while one chunk is decoded and inferred the pool keeps fetching the next ones, so the
-        network wait and the model overlap instead of taking turns (one scorer process then uses both
-        cores). ``timings`` gets the milliseconds this thread waited on each stage.
+        """Fetch, decode and infer ``items``: every fetch starts at once on the fetcher's pool; each image
+        goes to the decode pool as soon as it arrives (in arrival order) and gives its bytes back to the
+        fetcher's budget once decoded (``ingest.budget``), and every ``chunk`` decoded images are inferred
+        while the rest are still being fetched. So the network, the decoders and the model overlap, and
+        a batch of phone photos holds at most the budget in raw bytes, not the whole batch. ``timings``
+        gets the milliseconds this thread waited on each stage.
 
-        Returns the items that reached the model and their p_fake, in order; the others are failed.
+        Returns the items that reached the model and their p_fake; the others are failed.
         """
-        pending = self.fetcher.submit_many([it.msg for it in items])
+        budget = self.fetcher.budget
+        futures = self.fetcher.submit_within([it.msg for it in items], budget)
+        decoding: list[tuple[_Item, Future[PermanentError | None]]] = []
         scored: list[_Item] = []
         probs: list[np.ndarray] = []
-        try:
-            for start in range(0, len(items), self.chunk):
-                t0 = time.monotonic()
-                chunk = self._collect(batch, items[start : start + self.chunk], pending[start:])
-                t1 = time.monotonic()
-                live = self._decode(batch, chunk, model.input_size)
-                t2 = time.monotonic()
-                if live:
-                    probs.append(model.predict(np.stack([it.array for it in live if it.array is not None])))
-                    scored += live
-                t3 = time.monotonic()
-                timings["fetch"] += (t1 - t0) * 1e3
-                timings["decode"] += (t2 - t1) * 1e3
-                timings["infer"] += (t3 - t2) * 1e3
-        finally:
-            for f in pending:  # after a transient error: stop fetching for a batch that will be retried
-                f.cancel()
-        return scored, np.concatenate(probs) if probs else np.zeros(0, dtype=np.float32)
+        t0 = time.monotonic()
+        with contextlib.closing(as_fetched(futures, budget)) as arrivals:
+            for i, res in arrivals:
+                it = items[i]
+                if isinstance(res, bytes):
+                    decoding.append((it, self._submit_decode(it, res, model.input_size)))
+                elif is_transient(res):
+                    raise res  # the whole batch is retried; closing ``arrivals`` returns the budget
+                else:
+                    batch.fail(it.record, res)
+                if len(decoding) >= self.chunk:
+                    timings["fetch"] += (time.monotonic() - t0) * 1e3
+                    self._infer(batch, decoding, model, scored, probs, timings)
+                    t0 = time.monotonic()
+        timings["fetch"] += (time.monotonic() - t0) * 1e3
+        self._infer(batch, decoding, model, scored, probs, timings)
+        if not scored:
+            return [], np.zeros(0, dtype=np.float32)
+        # Back to the batch's order, so that verdicts do not depend on which fetch finished first.
+        position = {id(it): n for n, it in enumerate(items)}
+        order = sorted(range(len(scored)), key=lambda k: position[id(scored[k])])
+        return [scored[k] for k in order], np.concatenate(probs)[order]
 
-    @staticmethod
-    def _collect(batch: Batch, chunk: list[_Item], futures: list[Future[bytes]]) -> list[_Item]:
-        """Wait for the fetches of ``chunk``: the fetched items; the refused ones are failed. An
-        unavailable store raises, so the whole batch is retried and nothing is committed."""
-        fetched = []
-        for it, future in zip(chunk, futures, strict=False):
-            res = outcome(future)
-            if isinstance(res, bytes):
-                it.data = res
-                fetched.append(it)
-            elif is_transient(res):
-                raise res
-            else:
-                batch.fail(it.record, res)
-        return fetched
+    def _submit_decode(self, it: _Item, data: bytes, size: int) -> Future[PermanentError | None]:
+        """Decode on the pool; ``data`` goes back to the fetch budget when the job ends, or is cancelled
+        (``close()`` cancels queued jobs) without running."""
+        job = self._decode_pool.submit(self._decode_one, it, data, size)
+        n = len(data)
+        job.add_done_callback(lambda f: self.fetcher.budget.release(n) if f.cancelled() else None)
+        return job
 
-    def _decode(self, batch: Batch, live: list[_Item], size: int) -> list[_Item]:
-        results = list(self._decode_pool.map(lambda it: self._decode_one(it, size), live))
-        ok = []
-        for it, err in zip(live, results, strict=True):
+    def _infer(
+        self,
+        batch: Batch,
+        decoding: list[tuple[_Item, Future[PermanentError | None]]],
+        model: ServingModel,
+        scored: list[_Item],
+        probs: list[np.ndarray],
+        timings: dict[str, float],
+    ) -> None:
+        """Wait for the decodes in ``decoding`` (emptied), fail the undecodable, infer the rest."""
+        t0 = time.monotonic()
+        live = []
+        for it, job in decoding:
+            err = job.result()
             if err is None:
-                ok.append(it)
+                live.append(it)
             else:
                 batch.fail(it.record, err)
-        return ok
+        decoding.clear()
+        t1 = time.monotonic()
+        if live:
+            probs.append(model.predict(np.stack([it.array for it in live if it.array is not None])))
+            scored += live
+        timings["decode"] += (t1 - t0) * 1e3
+        timings["infer"] += (time.monotonic() - t1) * 1e3
 
-    def _decode_one(self, it: _Item, size: int) -> PermanentError | None:
-        assert it.data is not None
+    def _decode_one(self, it: _Item, data: bytes, size: int) -> PermanentError | None:
+        """Runs on the decode pool. Whatever happens, ``data`` goes back to the fetch budget here; only an
+        inline image's bytes are kept (they are stored after the batch, and came in the message anyway)."""
         try:
+            it.digest = hashlib.sha256(data).hexdigest()
+            if it.msg.inline is not None:
+                it.data = data
             if self.reader is not None:
                 # From the original bytes, before any pixel is decoded; never raises.
-                it.found.provenance = self.reader.provenance(it.data)
-            decoded = decode_image(it.data, self.limits, target_size=size)
+                it.found.provenance = self.reader.provenance(data)
+            decoded = decode_image(data, self.limits, target_size=size)
             it.array = to_rgb_array(decoded, size)
             it.size, it.fmt = decoded.size, decoded.format
             if self.reader is not None:
@@ -285,17 +308,19 @@ class ScoreHandler:
             return None
         except PermanentError as e:
             return e
+        finally:
+            self.fetcher.budget.release(len(data))
 
     def _persist_inline(self, items: list[_Item]) -> None:
         """Inline images are stored under their hash so the explainer and reviewers can see them later."""
         if not self.persist_inline:
             return
         for it in items:
-            if it.msg.inline is not None and it.data is not None:
-                self.store.put("images", hashlib.sha256(it.data).hexdigest(), it.data)
+            if it.msg.inline is not None and it.data is not None and it.digest is not None:
+                self.store.put("images", it.digest, it.data)
 
     def _image_row(self, it: _Item, v: Verdict) -> ImageRow:
-        digest = hashlib.sha256(it.data or b"").hexdigest()
+        digest = it.digest or hashlib.sha256(b"").hexdigest()
         ref = it.msg.ref or (f"s3://images/{digest}" if self.persist_inline else None)
         pdq = v.signals.pdq if v.signals is not None else None  # hashed once, in the decode thread
         return ImageRow(

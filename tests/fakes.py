@@ -29,7 +29,7 @@ class FakeConsumer:
 
     partitions: dict[TopicPartition, list[tuple[bytes | None, bytes | None]]]
     positions: dict[TopicPartition, int] = field(default_factory=dict)
-    committed: dict[TopicPartition, int] = field(default_factory=dict)
+    commits: dict[TopicPartition, int] = field(default_factory=dict)  # what the group has committed
     commit_calls: int = 0
     closed: bool = False
     timestamp_ms: int = 0  # the Kafka timestamp every message gets (0: none)
@@ -61,7 +61,7 @@ class FakeConsumer:
         assert offsets is not None
         self.commit_calls += 1
         for tp, om in offsets.items():
-            self.committed[tp] = om.offset
+            self.commits[tp] = om.offset
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self.positions[partition] = offset

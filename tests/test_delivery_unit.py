@@ -68,7 +68,7 @@ def test_a_topic_the_broker_refuses_holds_the_batch_and_marks_the_service_unread
     assert not ready and "refuses writes to out" in why and "TopicAuthorizationFailedError" in why
     assert (stats.processed, stats.dead_lettered) == (4, 0)
     assert [t for t, _, _ in producer.sent] == ["out"] * 4  # no dead letters
-    assert c.committed == {TopicPartition(TOPIC, 0): 4} and c.commit_calls == 1
+    assert c.commits == {TopicPartition(TOPIC, 0): 4} and c.commit_calls == 1
     assert loop.readiness() == (True, "ready")
 
 

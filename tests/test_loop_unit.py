@@ -41,12 +41,12 @@ def test_commits_last_offset_plus_one_per_partition_after_processing() -> None:
     def handle(batch: Batch) -> None:
         # At handling time nothing of this batch may be committed yet.
         for r in batch.records:
-            assert consumer.committed.get(TopicPartition(TOPIC, r.partition), 0) <= r.offset
+            assert consumer.commits.get(TopicPartition(TOPIC, r.partition), 0) <= r.offset
         seen.extend(r.value or b"" for r in batch.records)
 
     stats = ConsumerLoop(consumer, FakeProducer(), handle, config()).run(max_records=5)
     assert sorted(seen) == [b"a", b"b", b"c", b"d", b"e"]
-    assert consumer.committed == {TopicPartition(TOPIC, 0): 3, TopicPartition(TOPIC, 1): 2}
+    assert consumer.commits == {TopicPartition(TOPIC, 0): 3, TopicPartition(TOPIC, 1): 2}
     assert stats.processed == 5 and stats.stopped_by == "max_records"
     assert consumer.closed
 
@@ -65,7 +65,7 @@ def test_outputs_are_flushed_before_commit_and_failed_flush_commits_nothing() ->
     ConsumerLoop(consumer, producer, handle, config()).run(max_records=2)
     assert calls == 2  # the first attempt's flush failed, so the batch was processed again
     assert producer.by_topic()["out"] == [(b"k", b"a!"), (b"k", b"b!")]
-    assert consumer.committed == {TopicPartition(TOPIC, 0): 2}
+    assert consumer.commits == {TopicPartition(TOPIC, 0): 2}
 
 
 def test_poison_record_is_isolated_and_dead_lettered_with_reason() -> None:
@@ -85,7 +85,7 @@ def test_poison_record_is_isolated_and_dead_lettered_with_reason() -> None:
     assert len(letters) == 1
     assert letters[0].payload() == b"boom" and letters[0].offset == 2
     assert letters[0].error_class == "ValueError" and "cannot parse boom" in letters[0].reason
-    assert consumer.committed == {TopicPartition(TOPIC, 0): 5}
+    assert consumer.commits == {TopicPartition(TOPIC, 0): 5}
     assert stats.dead_lettered == 1 and stats.processed == 4
 
 
@@ -121,7 +121,7 @@ def test_transient_error_rewinds_and_retries_without_commit() -> None:
     stats = ConsumerLoop(consumer, FakeProducer(), handle, config()).run(max_records=2)
     assert attempts == [2, 2, 2] and commits_seen == [0, 0, 0]
     assert stats.retries == 2
-    assert consumer.committed == {TopicPartition(TOPIC, 0): 2}
+    assert consumer.commits == {TopicPartition(TOPIC, 0): 2}
 
 
 def test_stop_during_transient_backoff_commits_nothing() -> None:
@@ -134,7 +134,7 @@ def test_stop_during_transient_backoff_commits_nothing() -> None:
 
     loop = ConsumerLoop(consumer, FakeProducer(), handle, config(backoff_initial_s=5))
     stats = loop.run()
-    assert consumer.committed == {} and stats.processed == 0 and stats.stopped_by == "stop"
+    assert consumer.commits == {} and stats.processed == 0 and stats.stopped_by == "stop"
 
 
 def test_poll_failing_while_the_broker_is_down_backs_off_and_loses_nothing() -> None:
@@ -161,7 +161,7 @@ def test_poll_failing_while_the_broker_is_down_backs_off_and_loses_nothing() -> 
         config(max_wait_ms=50),
     ).run(max_records=3)
     assert seen == [b"a", b"b", b"c"]
-    assert consumer.committed == {TopicPartition(TOPIC, 0): 3} and stats.processed == 3
+    assert consumer.commits == {TopicPartition(TOPIC, 0): 3} and stats.processed == 3
 
 
 def test_micro_batch_respects_max_batch() -> None:
@@ -213,7 +213,7 @@ def test_every_record_is_processed_or_dead_lettered_exactly_once(
     assert set(done) == ok_expected
     assert len(letters) == len(dead) == total - len(ok_expected)
     assert stats.processed + stats.dead_lettered == total
-    assert consumer.committed == {TopicPartition(TOPIC, p): len(v) for p, v in enumerate(partitions) if v}
+    assert consumer.commits == {TopicPartition(TOPIC, p): len(v) for p, v in enumerate(partitions) if v}
 
 
 def test_lag_of_partitions_lost_in_a_rebalance_is_no_longer_reported() -> None:
@@ -299,7 +299,7 @@ def test_a_batch_in_a_codec_it_cannot_decode_is_retried_not_a_crash() -> None:
         consumer, FakeProducer(), lambda b: seen.extend(r.value or b"" for r in b.records), config(), metrics
     ).run(max_records=3)
     assert seen == [b"a", b"b", b"c"] and stats.processed == 3
-    assert consumer.committed == {TopicPartition(TOPIC, 0): 3}
+    assert consumer.commits == {TopicPartition(TOPIC, 0): 3}
     failures = registry.get_sample_value(
         "test_transient_errors_total", {"error_class": "UnsupportedCodecError"}
     )
@@ -342,20 +342,20 @@ def test_a_bad_deploy_costs_one_batch_of_dead_letters_then_the_breaker_holds_unt
     labels = {"topic": TOPIC, "reason": "unexpected_AttributeError"}
     dead = registry.get_sample_value("test_dead_letters_total", labels)
     assert dead == 8.0  # one batch, not the backlog
-    assert consumer.committed == {TopicPartition(TOPIC, 0): 8}
+    assert consumer.commits == {TopicPartition(TOPIC, 0): 8}
 
     def held() -> float:
         return registry.get_sample_value("test_batches_total", {"outcome": "held"}) or 0.0
 
     held_at = held()
     wait_until(lambda: held() > held_at + 2, 10, "the held batch to be probed again")
-    assert consumer.committed == {TopicPartition(TOPIC, 0): 8}  # still nothing after the first batch
+    assert consumer.commits == {TopicPartition(TOPIC, 0): 8}  # still nothing after the first batch
 
     broken.clear()  # the fix is deployed (or the dependency recovered)
     t.join(timeout=20)
     assert not t.is_alive() and circuit() == 0.0
     assert seen == [f"r{i}".encode() for i in range(8, 40)]
-    assert consumer.committed == {TopicPartition(TOPIC, 0): 40}
+    assert consumer.commits == {TopicPartition(TOPIC, 0): 40}
 
 
 def test_an_unexpected_error_that_clears_on_retry_dead_letters_nothing() -> None:
@@ -422,7 +422,7 @@ def test_records_of_a_partition_revoked_mid_batch_are_neither_handled_nor_commit
     )
     loop.run(idle_timeout=0.5)
     assert seen == [b"a0"]
-    assert consumer.committed == {TopicPartition(TOPIC, 0): 1}
+    assert consumer.commits == {TopicPartition(TOPIC, 0): 1}
 
 
 def test_a_committed_offset_never_moves_back() -> None:
@@ -430,4 +430,33 @@ def test_a_committed_offset_never_moves_back() -> None:
     loop = ConsumerLoop(consumer, FakeProducer(), lambda b: None, config())
     loop._commit([Record(TOPIC, 0, 2, None, b"c")])
     loop._commit([Record(TOPIC, 0, 0, None, b"a")])  # a stale replay of an earlier offset
-    assert consumer.committed == {TopicPartition(TOPIC, 0): 3} and consumer.commit_calls == 1
+    assert consumer.commits == {TopicPartition(TOPIC, 0): 3} and consumer.commit_calls == 1
+
+
+def test_a_partition_revoked_and_assigned_back_is_read_again_from_the_committed_offset() -> None:
+    """kafka-python revokes every partition in a rebalance and keeps the fetch position of one that comes
+    back to the same member. The records dropped from the batch in flight must be read again, not skipped
+    (found by the churn run, harness/churn.py: records lost while scorers joined and left)."""
+    consumer = make([[b"a0", b"a1", b"a2", b"a3", b"a4", b"a5"]])
+    tracker = _Tracker()
+    real_poll = consumer.poll
+    calls = {"n": 0}
+
+    def poll(timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:  # revoked and assigned straight back: the position stays past a0, a1
+            tracker.revoked.add(TopicPartition(TOPIC, 0))
+        return real_poll(timeout_ms, 2)
+
+    consumer.poll = poll  # type: ignore[method-assign]
+    seen: list[bytes] = []
+    loop = ConsumerLoop(
+        consumer,
+        FakeProducer(),
+        lambda b: seen.extend(r.value or b"" for r in b.records),
+        config(max_batch=4, max_wait_ms=200),
+        revocations=tracker,
+    )
+    loop.run(idle_timeout=0.5)
+    assert seen == [b"a0", b"a1", b"a2", b"a3", b"a4", b"a5"]
+    assert consumer.commits == {TopicPartition(TOPIC, 0): 6}

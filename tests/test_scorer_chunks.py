@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ingest.budget import ByteBudget
 from ingest.contracts import ImageSubmitted, encode, utcnow
 from ingest.decode import DecodeLimits
 from ingest.errors import TransientError
@@ -122,3 +124,26 @@ def test_store_outage_in_a_later_chunk_fails_the_batch_and_stops_fetching(model:
     assert handler.sink.verdicts == []  # type: ignore[attr-defined]
     assert batch.failures == {}  # nothing dead-lettered: the batch is retried whole
     assert len(store.calls) == 21 + 1  # items 0-20 and the probe; 21-39 were never fetched
+    # The images fetched for the abandoned batch give their budget back (a decode still running: shortly).
+    deadline = time.monotonic() + 10
+    while handler.fetcher.budget.held and time.monotonic() < deadline:
+        threading.Event().wait(0.05)
+    assert handler.fetcher.budget.held == 0
+
+
+def test_a_batch_larger_than_the_byte_budget_is_scored_whole_within_it(model: ServingModel) -> None:
+    """The budget holds one image at a time (it is smaller than any image): the batch still gets every
+    verdict, the bytes held never exceed the largest image, and all of it is given back."""
+    store = _store(30)
+    largest = max(len(jpeg(i)) for i in range(30))
+    handler = _handler(store, model, chunk=4)
+    handler.fetcher.budget = ByteBudget(1)
+    batch = _batch([f"chunks/{i}.jpg" for i in range(30)])
+    try:
+        handler(batch)
+    finally:
+        handler.close()
+        handler.fetcher.close()
+    assert [v.image_id for v in handler.sink.verdicts] == [f"chunk-{i}" for i in range(30)]  # type: ignore[attr-defined]
+    assert 0 < handler.fetcher.budget.peak <= largest
+    assert handler.fetcher.budget.held == 0
