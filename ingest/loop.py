@@ -24,11 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from types import FrameType
 
 from kafka import TopicPartition
 from kafka.errors import UnsupportedCodecError
@@ -38,9 +34,11 @@ from ingest.batch import MAX_DEAD_LETTER_PAYLOAD, Batch, Failure, Handler, Recor
 from ingest.breaker import Breaker
 from ingest.delivery import Delivery, DeliveryRefused
 from ingest.errors import PermanentError, is_transient
+from ingest.lag import LagReporter
 from ingest.loop_config import ConsumerLike, LoopConfig, ProducerLike, Revocations, RunStats
 from ingest.metrics import LoopMetrics
 from ingest.rebalance import without_revoked
+from ingest.shutdown import Shutdown
 
 # The batch model lives in ingest.batch; handlers and tests import it from here as well.
 __all__ = [
@@ -98,9 +96,9 @@ class ConsumerLoop:
         self.handler = handler
         self.config = config
         self.metrics = metrics
-        self._stop = threading.Event()
-        self._lag_reported: set[tuple[str, str]] = set()  # (topic, partition) labels this member has set
-        self._signals = 0
+        self._shutdown = Shutdown()
+        self._stop = self._shutdown.event
+        self._lag = LagReporter(metrics.lag) if metrics else None
         self.breaker = Breaker(config.breaker_threshold, config.breaker_min_records)
 
     def readiness(self) -> tuple[bool, str]:
@@ -117,26 +115,6 @@ class ConsumerLoop:
         """Ask the loop to finish the current batch, commit, and return."""
         self._stop.set()
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self._signals += 1
-        if self._signals > 1:
-            logger.warning("second signal %d: exiting now, the uncommitted batch will be redelivered", signum)
-            raise SystemExit(128 + signum)
-        logger.info("signal %d: finishing the current batch, then stopping", signum)
-        self._stop.set()
-
-    @contextlib.contextmanager
-    def _signal_handlers(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signals can only be handled on the main thread; stop() still works
-            return
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
     # -- main loop -----------------------------------------------------------------------------
 
     def run(self, max_records: int | None = None, idle_timeout: float | None = None) -> RunStats:
@@ -149,7 +127,7 @@ class ConsumerLoop:
         with contextlib.ExitStack() as stack:
             stack.callback(self._close_producer)
             stack.callback(self._close_consumer)
-            stack.enter_context(self._signal_handlers())
+            stack.enter_context(self._shutdown.handlers())
             last_activity = time.monotonic()
             while not self._stop.is_set():
                 remaining = (
@@ -187,24 +165,9 @@ class ConsumerLoop:
                 except _Retry as r:
                     attempts += 1
                     stats.retries += 1
-                    self._rewind(records)
-                    delay = min(
-                        self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (attempts - 1)
-                    )
-                    logger.warning(
-                        "transient failure on %s (attempt %d), retrying in %.1fs: %s: %s",
-                        records[0].where,
-                        attempts,
-                        delay,
-                        type(r.cause).__name__,
-                        r.cause,
-                    )
-                    if self.metrics:
-                        self.metrics.transient_errors.labels(type(r.cause).__name__).inc()
-                        self.metrics.batches.labels("retried").inc()
-                    self._stop.wait(delay)
+                    self._retry_later(records, r.cause, attempts)
             if not stats.stopped_by:
-                stats.stopped_by = "signal" if self._signals else "stop"
+                stats.stopped_by = "signal" if self._shutdown.signals else "stop"
         logger.info(
             "loop stopped (%s): %d processed, %d dead-lettered, %d batches, %d retries",
             stats.stopped_by,
@@ -214,6 +177,23 @@ class ConsumerLoop:
             stats.retries,
         )
         return stats
+
+    def _retry_later(self, records: list[Record], cause: BaseException, attempts: int) -> None:
+        """After a transient failure: rewind to the batch's first offsets and back off (exponentially)."""
+        self._rewind(records)
+        delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (attempts - 1))
+        logger.warning(
+            "transient failure on %s (attempt %d), retrying in %.1fs: %s: %s",
+            records[0].where,
+            attempts,
+            delay,
+            type(cause).__name__,
+            cause,
+        )
+        if self.metrics:
+            self.metrics.transient_errors.labels(type(cause).__name__).inc()
+            self.metrics.batches.labels("retried").inc()
+        self._stop.wait(delay)
 
     def _poll_batch(self, remaining: int | None) -> list[Record]:
         """Accumulate up to ``max_batch`` records, waiting at most ``max_wait_ms`` after the first."""
@@ -287,7 +267,8 @@ class ConsumerLoop:
             m.batches.labels("committed").inc()
             m.batch_size.observe(len(records))
             m.batch_seconds.observe(time.monotonic() - started)
-            self._update_lag()
+            if self._lag is not None:
+                self._lag.update(self.consumer)
 
     def _check_breaker(self, batch: Batch) -> None:
         held = self.breaker.hold(batch, self.config.breaker_probe_s)
@@ -396,26 +377,6 @@ class ConsumerLoop:
         for tp, offset in first.items():
             if tp in assigned:
                 self.consumer.seek(tp, offset)
-
-    def _update_lag(self) -> None:
-        if not self.metrics:
-            return
-        assigned = self.consumer.assignment()
-        # After a rebalance, drop partitions this member no longer owns: their new owner reports them, and a
-        # stale value here would keep a lag alert firing (or hide one) forever.
-        for topic, partition in self._lag_reported - {(tp.topic, str(tp.partition)) for tp in assigned}:
-            with contextlib.suppress(KeyError):
-                self.metrics.lag.remove(topic, partition)
-            self._lag_reported.discard((topic, partition))
-        for tp in assigned:
-            try:
-                high = self.consumer.highwater(tp)
-                pos = self.consumer.position(tp, timeout_ms=1000)
-            except Exception:  # lag is best-effort telemetry; never fail a batch over it
-                continue
-            if high is not None and pos is not None:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
-                self._lag_reported.add((tp.topic, str(tp.partition)))
 
     def _close_consumer(self) -> None:
         with contextlib.suppress(Exception):

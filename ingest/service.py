@@ -34,6 +34,14 @@ class Service:
     metrics_port: int | None
 
 
+def loop_config(app: str, settings: ServiceSettings, max_batch: int, max_wait_ms: int) -> LoopConfig:
+    """The loop's configuration from a service's settings: every field the two share is carried over."""
+    shared = {
+        f: getattr(settings, f) for f in LoopConfig.__dataclass_fields__ if f in type(settings).model_fields
+    }
+    return LoopConfig(**{**shared, "service": app, "max_batch": max_batch, "max_wait_ms": max_wait_ms})
+
+
 def build_service(
     app: str,
     topics: Sequence[str],
@@ -61,18 +69,7 @@ def build_service(
     revocations = RevocationTracker()
     consumer = make_consumer(stack.kafka, settings.group_id, topics, revocations, max_poll_records=batch)
     producer = make_producer(stack.kafka)
-    config = LoopConfig(
-        service=app,
-        max_batch=batch,
-        max_wait_ms=max_wait_ms,
-        poll_timeout_ms=settings.poll_timeout_ms,
-        backoff_initial_s=settings.backoff_initial_s,
-        backoff_max_s=settings.backoff_max_s,
-        unexpected_retries=settings.unexpected_retries,
-        breaker_threshold=settings.breaker_threshold,
-        breaker_min_records=settings.breaker_min_records,
-        breaker_probe_s=settings.breaker_probe_s,
-    )
+    config = loop_config(app, settings, batch, max_wait_ms)
     delivery = Delivery(
         producer,
         app,

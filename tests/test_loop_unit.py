@@ -219,22 +219,23 @@ def test_every_record_is_processed_or_dead_lettered_exactly_once(
 def test_lag_of_partitions_lost_in_a_rebalance_is_no_longer_reported() -> None:
     from prometheus_client import CollectorRegistry
 
+    from ingest.lag import LagReporter
     from ingest.metrics import LoopMetrics
 
     registry = CollectorRegistry()
     consumer = make([[b"a", b"b"], [b"c"]])
     metrics = LoopMetrics.create("test", registry)
-    loop = ConsumerLoop(consumer, FakeProducer(), lambda batch: None, config(), metrics)
+    reporter = LagReporter(metrics.lag)
 
     def lag(partition: int) -> float | None:
         return registry.get_sample_value(
             "test_consumer_lag_records", {"topic": TOPIC, "partition": str(partition)}
         )
 
-    loop._update_lag()
+    reporter.update(consumer)
     assert lag(0) == 2 and lag(1) == 1
     del consumer.partitions[TopicPartition(TOPIC, 1)]  # partition 1 moved to another member
-    loop._update_lag()
+    reporter.update(consumer)
     assert lag(0) == 2 and lag(1) is None
 
 

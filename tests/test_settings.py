@@ -48,3 +48,27 @@ def test_breaker_settings_reach_the_service_settings(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("CIFAKE_SCORER_BREAKER_THRESHOLD", "0")
     with pytest.raises(ValueError):
         ScorerSettings()
+
+
+def test_every_loop_setting_reaches_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an operator sets for a service (CIFAKE_SCORER_*) is what its consumer loop runs with."""
+    from ingest.loop import LoopConfig
+    from ingest.service import loop_config
+    from scorer.service import ScorerSettings
+
+    values = {
+        "POLL_TIMEOUT_MS": "777",
+        "BACKOFF_INITIAL_S": "0.25",
+        "BACKOFF_MAX_S": "9",
+        "UNEXPECTED_RETRIES": "4",
+        "BREAKER_THRESHOLD": "3",
+        "BREAKER_MIN_RECORDS": "5",
+        "BREAKER_PROBE_S": "7",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(f"CIFAKE_SCORER_{name}", value)
+    config = loop_config("scorer", ScorerSettings(), 64, 15)
+    got = {name: getattr(config, name.lower()) for name in values}
+    assert got == {name: type(getattr(LoopConfig("x"), name.lower()))(v) for name, v in values.items()}
+    assert (config.service, config.max_batch, config.max_wait_ms) == ("scorer", 64, 15)
+    assert config.poll_timeout_ms != LoopConfig("x").poll_timeout_ms  # the test sets non-defaults
