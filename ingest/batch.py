@@ -7,12 +7,17 @@ batch's outputs and one ``dead_letter`` per failed record before it commits.
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ingest.contracts import DeadLetter, utcnow
 
+logger = logging.getLogger(__name__)
+
 MAX_REASON = 4000
+# The code of a failure that is neither bad input nor transient (a bug): ``unexpected_<ExceptionClass>``.
+UNEXPECTED_PREFIX = "unexpected_"
 # Bytes of the original record a dead letter keeps. Base64 of a record near Kafka's default 1 MiB message
 # limit would not fit in a dead letter, and a dead letter that cannot be sent blocks its partition forever.
 MAX_DEAD_LETTER_PAYLOAD = 512 * 1024
@@ -38,6 +43,7 @@ class Failure:
     error_class: str
     reason: str
     code: str  # short, bounded reason code: the metrics label
+    error: BaseException | None = field(default=None, compare=False, repr=False)  # for the log's traceback
 
 
 @dataclass(frozen=True)
@@ -65,11 +71,12 @@ class Batch:
             reason = getattr(error, "reason", None) or str(error) or type(error).__name__
             error_class = type(error).__name__
             # Unexpected exceptions have no code; their class name is bounded by the code base.
-            code = getattr(error, "code", None) or f"unexpected_{error_class}"
+            code = getattr(error, "code", None) or f"{UNEXPECTED_PREFIX}{error_class}"
         else:
             reason, error_class, code = error, "PermanentError", "permanent"
         key = (record.topic, record.partition, record.offset)
-        self.failures[key] = Failure(record, error_class, reason[:MAX_REASON], str(code)[:64])
+        exc = error if isinstance(error, BaseException) else None
+        self.failures[key] = Failure(record, error_class, reason[:MAX_REASON], str(code)[:64], exc)
 
     def produce(self, topic: str, key: bytes | None, value: bytes, source: Record | None = None) -> None:
         """Queue a downstream message; it is sent and flushed before the batch is committed. Name the
@@ -112,3 +119,22 @@ def dead_letter(
         service=service,
         failed_at=utcnow(),
     )
+
+
+def log_failures(batch: Batch) -> None:
+    """Log the records about to be dead-lettered. Bad input is one line each; an unexpected error also gets
+    its traceback, once per error class and batch (a broken release fails every record the same way)."""
+    traced: set[str] = set()
+    for f in batch.failures.values():
+        unexpected = f.code.startswith(UNEXPECTED_PREFIX)
+        trace = unexpected and f.error is not None and f.error_class not in traced
+        if trace:
+            traced.add(f.error_class)
+        logger.log(
+            logging.ERROR if unexpected else logging.INFO,
+            "dead-lettering %s: %s: %s",
+            f.record.where,
+            f.error_class,
+            f.reason,
+            exc_info=f.error if trace else None,
+        )

@@ -19,11 +19,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ingest.batch import Batch
+from ingest.batch import UNEXPECTED_PREFIX, Batch
 
 logger = logging.getLogger(__name__)
-
-UNEXPECTED_PREFIX = "unexpected_"
 
 
 @dataclass
@@ -56,6 +54,13 @@ class Breaker:
         elif was_open and not self.is_open:
             logger.warning("circuit closed: a batch went through; consuming again")
         return self.is_open
+
+    def close(self) -> None:
+        """A probe went through: consume again."""
+        if self.is_open:
+            logger.warning("circuit closed: a probe went through; consuming again")
+        self.streak = 0
+        self.is_open = False
 
     def _wholly_unexpected(self, batch: Batch) -> bool:
         n = len(batch.records)

@@ -110,7 +110,9 @@ def broker_limits(make_admin: Callable[[], Any]) -> LimitLookup:
 
 
 def message_size(key: bytes | None, value: bytes | None) -> int:
-    """Bytes the message takes in a record batch of its own (uncompressed), as the broker counts it."""
+    """Bytes the message takes in a record batch of its own, uncompressed: an upper bound of what the
+    broker counts (it limits the compressed batch), so a message refused here might have compressed
+    under the limit. Verdicts and explanations are a few kilobytes against a 1 MB limit."""
     return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, []))
 
 

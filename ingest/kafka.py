@@ -91,14 +91,14 @@ def make_consumer(
     return consumer
 
 
-def make_producer(kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
+def producer_kwargs(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
     """An idempotent producer that waits for all in-sync replicas: a flushed send is durable.
 
     Retries are not counted but bounded in time (kafka-python's ``delivery_timeout_ms``, 120 s): while a
     broker dies and its partitions get new leaders, or the in-sync set is briefly short of
     ``min.insync.replicas``, a send keeps retrying instead of failing after a few quick attempts; callers
     bound their own wait (``flush(timeout)``, ``future.get(timeout)``). Idempotence keeps the retries from
-    writing a record twice.
+    writing a record twice. Batches are compressed with ``kafka.compression_type`` (lz4 by default).
     """
     kw: dict[str, Any] = {
         **kafka.client_kwargs(),
@@ -106,8 +106,15 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
         "enable_idempotence": True,
         "linger_ms": 5,
     }
+    if kafka.compression_type != "none":
+        kw["compression_type"] = kafka.compression_type
     kw.update(overrides)
-    return KafkaProducer(**kw)
+    return kw
+
+
+def make_producer(kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
+    """A producer configured by ``producer_kwargs``."""
+    return KafkaProducer(**producer_kwargs(kafka, **overrides))
 
 
 def make_admin(kafka: KafkaSettings) -> KafkaAdminClient:

@@ -3,20 +3,17 @@
 Contract, in order, for each batch:
 
 1. poll records until ``max_batch`` records or ``max_wait_ms`` after the first one was produced;
-2. call the handler; it makes its results durable (database upserts, objects) and may mark
-   single records as permanently failed with ``Batch.fail`` and queue downstream messages with
-   ``Batch.produce``;
-3. send the queued messages and one dead letter per failed record, and flush the producer;
+2. call the handler; it makes its results durable (database upserts, objects) and may mark single
+   records as permanently failed with ``Batch.fail`` and queue downstream messages with ``Batch.produce``;
+3. send the queued messages and one dead letter per failed record (``ingest.delivery``);
 4. only then commit ``last_offset + 1`` for every partition in the batch.
 
-If the handler (or the flush) raises a transient error, nothing is committed: the loop seeks
-back to the batch's first offsets, backs off and processes the batch again. If the handler
-raises anything else, the batch is replayed one record at a time so that the poison record
-is found and dead-lettered and its neighbours are still processed. Writes must therefore be
-idempotent (keyed upserts): a record can be handled more than once, never lost.
-
-SIGTERM/SIGINT set a flag: the current batch finishes and commits, then the loop closes. A
-second signal exits at once (uncommitted records are redelivered to the next consumer).
+A transient error commits nothing: the loop seeks back to the batch's first offsets, backs off and
+processes the batch again. Anything else is retried on the whole batch a few times, then the batch is
+replayed one record at a time so that the poison record is dead-lettered and its neighbours processed,
+unless the circuit breaker (``ingest.breaker``) sees a broken release and holds the batch, probing with
+one record until it goes through. Writes must be idempotent (keyed upserts): a record can be handled more
+than once, never lost. SIGTERM/SIGINT finish the current batch, commit, and close (``ingest.shutdown``).
 """
 
 from __future__ import annotations
@@ -30,10 +27,10 @@ from kafka import TopicPartition
 from kafka.errors import UnsupportedCodecError
 from kafka.structs import OffsetAndMetadata
 
-from ingest.batch import MAX_DEAD_LETTER_PAYLOAD, Batch, Failure, Handler, Record
+from ingest.batch import MAX_DEAD_LETTER_PAYLOAD, Batch, Failure, Handler, Record, log_failures
 from ingest.breaker import Breaker
 from ingest.delivery import Delivery, DeliveryRefused
-from ingest.errors import PermanentError, is_transient
+from ingest.errors import PermanentError, classify, is_transient
 from ingest.lag import LagReporter
 from ingest.loop_config import ConsumerLike, LoopConfig, ProducerLike, Revocations, RunStats
 from ingest.metrics import LoopMetrics
@@ -249,8 +246,11 @@ class ConsumerLoop:
 
     def _process(self, records: list[Record], attempt: int, stats: RunStats) -> None:
         started = time.monotonic()
+        if self.breaker.is_open:
+            self._probe(records[0])
         batch = self._handle(records)
         self._check_breaker(batch)
+        log_failures(batch)
         self._deliver(batch, attempt)
         self._commit(records)
         n_failed = len(batch.failures)
@@ -298,7 +298,6 @@ class ConsumerLoop:
             if len(records) == 1:
                 batch = Batch(records)
                 batch.fail(records[0], e)
-                self._log_failure(records[0], e)
                 return batch
             logger.warning(
                 "batch of %d failed (%s: %s); replaying one by one", len(records), type(e).__name__, e
@@ -310,10 +309,24 @@ class ConsumerLoop:
             merged.outputs.extend(single.outputs)
         return merged
 
-    @staticmethod
-    def _log_failure(record: Record, e: BaseException) -> None:
-        level = logging.INFO if isinstance(e, PermanentError) else logging.ERROR
-        logger.log(level, "dead-lettering %s: %s: %s", record.where, type(e).__name__, e, exc_info=level > 20)
+    def _probe(self, record: Record) -> None:
+        """While the breaker is open: handle the batch's first record alone (idempotent, its outputs are
+        discarded). One handler call per probe, not a whole batch retried and replayed record by record
+        (and a log line per record) while the fault lasts. Raises ``_Open`` while it still fails."""
+        try:
+            self.handler(Batch([record]))
+        except Exception as e:
+            kind = classify(e)
+            if kind == "transient":
+                raise _Retry(e) from e
+            if kind == "unexpected":
+                logger.info(
+                    "circuit open: the probe on %s still fails: %s: %s", record.where, type(e).__name__, e
+                )
+                if self.metrics:
+                    self.metrics.batches.labels("held").inc()
+                raise _Open() from e
+        self.breaker.close()
 
     def _deliver(self, batch: Batch, attempt: int) -> None:
         """Send outputs and dead letters and wait for the broker: after this returns they are durable.

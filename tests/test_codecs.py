@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from ingest.contracts import ImageSubmitted, encode, utcnow
-from ingest.kafka import make_producer, missing_codecs
-from ingest.settings import StackSettings
+from ingest.kafka import make_producer, missing_codecs, producer_kwargs
+from ingest.settings import KafkaSettings, StackSettings
 from scorer.service import run_scorer
 from tests.kafka_helpers import end_offsets
 from tests.scorer_helpers import jpeg, make_weights, scorer_settings, upload_images, verdict_rows
@@ -19,6 +19,12 @@ CODECS = (None, "gzip", "snappy", "lz4", "zstd")
 
 def test_every_codec_can_be_decoded_here() -> None:
     assert missing_codecs() == []
+
+
+def test_the_projects_producers_compress_with_the_configured_codec() -> None:
+    assert producer_kwargs(KafkaSettings())["compression_type"] == "lz4"
+    assert "compression_type" not in producer_kwargs(KafkaSettings(compression_type="none"))
+    assert producer_kwargs(KafkaSettings(compression_type="zstd"))["compression_type"] == "zstd"
 
 
 @pytest.mark.integration

@@ -3,6 +3,7 @@ partition moves on (issue 15). The output topic is created with ``max.message.by
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -36,12 +37,13 @@ def small_topic(stack: StackSettings) -> Iterator[str]:
 
 
 def _loop(stack: StackSettings, topic: str, group: str, out: str, limits: TopicLimits) -> ConsumerLoop:
-    """Each record's value says how large its output is: b"big" -> 5,000 bytes, anything else -> 100."""
+    """Each record's value says how large its output is: b"big" -> 5,000 bytes, anything else -> 100.
+    Random bytes: the producers compress (lz4), and the broker limits the compressed batch."""
 
     def handle(batch: Batch) -> None:
         for r in batch.records:
             size = 5000 if r.value == b"big" else 100
-            batch.produce(out, r.key, b"x" * size, source=r)
+            batch.produce(out, r.key, os.urandom(size), source=r)
 
     config = LoopConfig(
         service="test", max_batch=16, max_wait_ms=50, poll_timeout_ms=200, backoff_initial_s=0.05
