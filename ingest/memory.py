@@ -19,9 +19,9 @@ def limit_malloc_arenas(arenas: int = DEFAULT_ARENAS) -> bool:
 
     glibc gives each thread that meets contention an arena of its own (up to 8 per core) and keeps memory
     freed there for reuse by that arena. A scorer's fetch and decode threads each pass multi-megabyte photos
-    through, so every arena ends up holding its own few hundred megabytes: measured on 1,000 phone photos,
-    the scorer peaked at 1.23 GB with glibc's default and at 1.01 GB with two arenas, at the same
-    throughput (``benchmarks/phone_photos/``). An operator's ``MALLOC_ARENA_MAX`` wins; other C libraries
+    through, so every arena ends up holding its own few hundred megabytes: on 1,000 phone photos the
+    scorer peaked about 200 MB higher with glibc's default than with two arenas, at the same throughput
+    (``python -m harness.phone_photos --only stream``, run with ``MALLOC_ARENA_MAX=8`` to compare). An operator's ``MALLOC_ARENA_MAX`` wins; other C libraries
     (musl, macOS) are left alone. Returns whether the limit was applied.
     """
     if os.environ.get("MALLOC_ARENA_MAX"):
