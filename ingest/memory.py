@@ -21,8 +21,9 @@ def limit_malloc_arenas(arenas: int = DEFAULT_ARENAS) -> bool:
     freed there for reuse by that arena. A scorer's fetch and decode threads each pass multi-megabyte photos
     through, so every arena ends up holding its own few hundred megabytes: on 1,000 phone photos the
     scorer peaked about 200 MB higher with glibc's default than with two arenas, at the same throughput
-    (``python -m harness.phone_photos --only stream``, run with ``MALLOC_ARENA_MAX=8`` to compare). An operator's ``MALLOC_ARENA_MAX`` wins; other C libraries
-    (musl, macOS) are left alone. Returns whether the limit was applied.
+    (``python -m harness.phone_photos --only stream``, then again with ``MALLOC_ARENA_MAX=16``, glibc's
+    default on 2 cores). An operator's ``MALLOC_ARENA_MAX`` wins; other C libraries (musl, macOS) are left
+    alone. Returns whether the limit was applied.
     """
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False
