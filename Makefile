@@ -37,3 +37,4 @@ unit: setup
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+	.venv/bin/lint-imports
