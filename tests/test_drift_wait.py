@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from retrainer.drift_env import wait_for
+from harness.drift_env import wait_for
 
 
 def test_transient_failures_count_as_not_yet() -> None:

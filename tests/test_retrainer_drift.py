@@ -11,8 +11,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from harness.drift import DriftConfig, run_drift_bench
 from ingest.settings import StackSettings
-from retrainer.drift import DriftConfig, run_drift_bench
 from retrainer.settings import GateSettings, TrainBudget
 from retrainer.synthetic import make_synthetic_cifake
 from scorer.weights import load_weights

@@ -1,4 +1,4 @@
-"""``python -m retrainer drift-bench``: does feedback teach the service a shifted distribution, end to end?
+"""``python -m harness.drift_bench``: does feedback teach the service a shifted distribution, end to end?
 
 On the real stack, in its own topics (``drift.<run>.*``) and its own PostgreSQL schema (``drift_<run>``), so
 nothing reaches the production registry or ``models.published``:
@@ -38,10 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from harness.drift_env import DriftEnv, Stream, wait_for
 from ingest.settings import StackSettings
 from ingest.storage import S3Store
 from retrainer.data import CATEGORIES, CifakeSplit, dedup_index, load_split, split_train_val
-from retrainer.drift_env import DriftEnv, Stream, wait_for
 from retrainer.registry import Announcer, ModelRecord, ModelRegistry
 from retrainer.retrain import accuracy, fine_tune
 from retrainer.settings import DEFAULT_BASE_DATA, GateSettings, TrainBudget
