@@ -2,7 +2,7 @@
 
     python -m harness.signals_cost_bench [--data cifake-train.zip] [--n 5000] [--rounds 2]
 
-Runs the pipeline benchmark (``python -m scorer bench``, on the running stack) with signals off
+Runs the pipeline benchmark (``python -m harness.pipeline``, on the running stack) with signals off
 (``CIFAKE_SCORER_SIGNALS__ENABLED=false``), on (the default: PDQ with its 8 variants, provenance, and a
 known-content index loaded from PostgreSQL) and on without the variants
 (``CIFAKE_SCORER_SIGNALS__DIHEDRAL=false``), in turn ``--rounds`` times so that a change in the machine's
@@ -35,14 +35,14 @@ MODES: dict[str, dict[str, str]] = {
 
 def _bench(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, **MODES[mode]}
-    cmd = [sys.executable, "-m", "scorer", "bench", "--n", str(args.n), "--duration", str(args.duration)]
+    cmd = [sys.executable, "-m", "harness.pipeline", "--n", str(args.n), "--duration", str(args.duration)]
     if args.data:
         cmd += ["--data", args.data]
     if args.rate:
         cmd += ["--rate", str(args.rate)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
-        raise SystemExit(f"scorer bench failed (signals {mode}):\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"the pipeline bench failed (signals {mode}):\n{proc.stderr[-3000:]}")
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 

@@ -21,6 +21,7 @@ from ingest.settings import StackSettings
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class RescoreResult:
     version: str

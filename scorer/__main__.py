@@ -59,12 +59,6 @@ def _add_offline(sub: SubParsers) -> Handler:
     return add_score_command(sub)
 
 
-def _add_bench_pipeline(sub: SubParsers) -> Handler:
-    from scorer.bench_pipeline import add_bench_command
-
-    return add_bench_command(sub)
-
-
 def _add_demo(sub: SubParsers) -> Handler:
     from scorer.demo import add_demo_command
 
@@ -75,7 +69,6 @@ COMMANDS: list[Callable[[SubParsers], Handler]] = [
     _add_bench_model,
     _add_streaming,
     _add_offline,
-    _add_bench_pipeline,
     _add_demo,
 ]
 

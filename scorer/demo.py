@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import logging
 import os
 import random
@@ -26,6 +27,9 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from ingest.contracts import ImageSubmitted, encode, utcnow
 from ingest.db import connect
@@ -67,13 +71,23 @@ def load_samples(data: str | None, n: int, seed: int) -> tuple[list[Sample], str
         ], f"{len(chosen)} random images from {data}"
     if data:
         raise SystemExit(f"--data {data}: not a zip or a folder")
-    from scorer.bench_pipeline import _generated_images
-
-    imgs = _generated_images(n, seed)
+    imgs = generated_images(n, seed)
     return [(f"generated-{i:04d}.jpg", b, None) for i, b in enumerate(imgs)], (
         f"{n} generated noise images (no dataset given: pass --data PATH or put the CIFAKE zip at "
         "../shared/datasets/cifake-train.zip for real photos and fakes)"
     )
+
+
+def generated_images(n: int, seed: int) -> list[bytes]:
+    """``n`` distinct 32x32 noise JPEGs (distinct bytes, so distinct sha256 image ids)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        arr = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=75)
+        out.append(buf.getvalue())
+    return out
 
 
 def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:

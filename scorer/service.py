@@ -66,8 +66,8 @@ def cpu_threads(configured: int | None, cpus: int | None = None) -> int:
 
     The scorer is not only a model: its fetch threads, its decode pool and, on a small host, the
     object store and the broker need CPU at the same moments. Measured on 2 cores at 170 images/s
-    (``scorer bench``): 2 threads gave p99 397 ms, 1 thread 130 ms, at the same backlog throughput
-    (310 vs 302 images/s): idle OpenMP workers spin and a convolution waits for its slowest thread,
+    (``python -m harness.pipeline``): 2 threads gave p99 397 ms, 1 thread 130 ms, at the same backlog
+    throughput (310 vs 302 images/s): idle OpenMP workers spin and a convolution waits for its slowest thread,
     so a second thread mostly took CPU from the fetches. A host whose cores serve only the scorer
     can set ``CIFAKE_SCORER_THREADS`` to all of them.
     """

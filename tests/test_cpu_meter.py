@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scorer.cpu_meter import CpuMeter, stack_services, tree_cpu_seconds
+from harness.cpu_meter import CpuMeter, stack_services, tree_cpu_seconds
 from tests.kafka_helpers import wait_until
 
 # The grandchild burns 0.4 s of CPU, then waits on its stdin (inherited from the parent). The meter reads

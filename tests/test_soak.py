@@ -1,4 +1,4 @@
-"""A short soak (``python -m scorer bench --soak 40 --interval 10 --rate 20``) on the running stack: the
+"""A short soak (``python -m harness.pipeline --soak 40 --interval 10 --rate 20``) on the running stack: the
 report has its keys, the scorer's memory is flat after the first interval and the consumer lag stays bounded.
 The long soak (600 s at 80% of the measured maximum) is documented in docs/reliability.md."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.soak import stable_p99
 from ingest.settings import StackSettings
-from scorer.soak import stable_p99
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_short_soak_has_flat_memory_and_bounded_lag(stack: StackSettings) -> None:
-    cmd = [sys.executable, "-m", "scorer", "--log-level", "WARNING", "bench", "--n", "200"]
+    cmd = [sys.executable, "-m", "harness.pipeline", "--log-level", "WARNING", "--n", "200"]
     cmd += ["--soak", "40", "--interval", "10", "--rate", "20"]
     result = subprocess.run(
         cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600, check=False

@@ -1,4 +1,4 @@
-"""``python -m scorer bench``: end-to-end throughput and latency of the streaming scorer on the real stack.
+"""``python -m harness.pipeline``: end-to-end throughput and latency of the streaming scorer, real stack.
 
 Phases, all in one run on the same machine (last stdout line is one JSON object):
 
@@ -10,7 +10,7 @@ Phases, all in one run on the same machine (last stdout line is one JSON object)
 5. fixed-rate load (``--rate``, default half of phase 2's throughput) for ``--duration`` seconds
    against a warm scorer; latency is submit time -> the verdict message arriving on images.verdicts.
 
-``--soak SECONDS`` runs a long fixed-rate load instead (memory, p99, lag over time): see ``scorer/soak.py``.
+``--soak SECONDS`` runs a long fixed-rate load instead (memory, p99, lag over time): see ``harness/soak.py``.
 
 Images are uploaded once to the ``images`` bucket; each phase publishes references under fresh image ids
 on a topic of its own (2 partitions), so no phase re-reads another's records. Its verdicts are real rows.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import logging
 import os
@@ -38,8 +37,8 @@ from typing import Any
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from PIL import Image
 
+from harness.cpu_meter import CpuMeter, stack_services
 from ingest.contracts import ImageSubmitted, encode, utcnow
 from ingest.db import connect
 from ingest.errors import PermanentError
@@ -47,26 +46,11 @@ from ingest.kafka import make_admin, make_producer
 from ingest.settings import KafkaSettings, StackSettings, load
 from ingest.storage import S3Store
 from ingest.topics import IMAGES_VERDICTS
-from scorer.cpu_meter import CpuMeter, stack_services
+from scorer.demo import generated_images
 from scorer.offline import iter_sources
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def generated_images(n: int, seed: int) -> list[bytes]:
-    """``n`` distinct 32x32 noise JPEGs (distinct bytes, so distinct sha256 image ids)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        arr = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=75)
-        out.append(buf.getvalue())
-    return out
-
-
-_generated_images = generated_images  # the name scorer/demo.py imports
 
 
 def prepare_images(n: int, data: str | None, seed: int) -> tuple[list[bytes], str]:
@@ -362,10 +346,6 @@ def raw_model(weights: str, device: str) -> dict[str, Any]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    if args.soak:
-        from scorer.soak import run_soak
-
-        return run_soak(args)
     stack = load(StackSettings)
     images, described = prepare_images(args.n, args.data, args.seed)
     keys = upload(S3Store(stack.s3), images)
@@ -405,10 +385,7 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_bench_command(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> Callable[[argparse.Namespace], int]:
-    p = sub.add_parser("bench", help="end-to-end pipeline benchmark on the running stack (JSON last line)")
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=5000, help="images per backlog phase")
     p.add_argument("--n-batch1", type=int, default=500, help="images for the batch-1 phase")
     p.add_argument("--rate", type=float, help="offered load for the latency phase (default: half of max)")
@@ -419,7 +396,3 @@ def add_bench_command(
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per phase")
-    from scorer.soak import add_soak_arguments
-
-    add_soak_arguments(p)
-    return run_bench

@@ -1,4 +1,4 @@
-"""``python -m scorer bench --soak SECONDS --rate R``: a long fixed-rate load; is memory flat and lag bounded?
+"""``python -m harness.pipeline --soak SECONDS --rate R``: a long fixed-rate load; memory flat, lag bounded?
 
 One (or ``--scorers``) ``scorer run`` process(es) on a fresh 2-partition topic of the running stack get ``R``
 references per second for ``SECONDS``. Every ``--interval`` seconds one line reports the scorers' resident
@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
+from harness.pipeline_bench import Bench, VerdictCollector, prepare_images, upload
 from ingest.kafka import make_admin
 from ingest.settings import StackSettings, load
 from ingest.storage import S3Store
-from scorer.bench_pipeline import Bench, VerdictCollector, prepare_images, upload
 
 logger = logging.getLogger(__name__)
 
