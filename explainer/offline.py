@@ -1,4 +1,4 @@
-"""Explanations written to a folder instead of the object store (``python -m scorer score --explain DIR``).
+"""Explanations written to a folder instead of the object store (``python -m explainer score --explain DIR``).
 
 The layout under ``DIR`` is the bucket's (``explainer.sink.object_keys``), so a folder of offline results
 reads like a copy of the ``explanations`` bucket, and the files are byte-for-byte what the service stores

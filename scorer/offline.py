@@ -164,7 +164,9 @@ def load_known_csv(path: str, max_distance: int) -> KnownIndex:
     return index
 
 
-def run_score(args: argparse.Namespace) -> int:
+def run_score(args: argparse.Namespace, make_hook: Callable[[ServingModel], BatchHook] | None = None) -> int:
+    """``scorer score``; ``make_hook`` builds an ``on_batch`` hook for the loaded model (``python -m explainer
+    score --explain DIR`` passes one that writes Grad-CAM files)."""
     limits = DecodeLimits()
     model = ServingModel.load(args.weights, args.device)
     signals = None if args.no_signals else SignalSettings()
@@ -177,12 +179,7 @@ def run_score(args: argparse.Namespace) -> int:
             return 2
     out: IO[str] = open(args.out, "w") if args.out else sys.stdout  # noqa: SIM115 - closed below
     counts: Counter[str] = Counter()
-    on_batch: BatchHook | None = None
-    if args.explain:
-        # Lazy: the explainer depends on the scorer, never the other way round at import time.
-        from explainer.offline import FolderExplainer
-
-        on_batch = FolderExplainer(model, args.explain)
+    on_batch = make_hook(model) if make_hook is not None else None
     try:
         results = score_sources(
             iter_sources(args.paths, limits),
@@ -209,10 +206,7 @@ def run_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_score_command(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> Callable[[argparse.Namespace], int]:
-    p = sub.add_parser("score", help="score image files, folders or zips offline (no services needed)")
+def add_score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", help="image files, folders, or zip archives")
     p.add_argument("--out", help="write JSON lines here (default: stdout)")
     p.add_argument("--weights", default="default", help="weights file or 'default'")
@@ -226,9 +220,11 @@ def add_score_command(
         help="match against a known-content list (pdq,label,note: `retrainer known export`)",
     )
     p.add_argument("--no-signals", action="store_true", help="model only: no provenance, PDQ or matching")
-    p.add_argument(
-        "--explain",
-        metavar="DIR",
-        help="also write a Grad-CAM map, overlay and sidecar per scored image under DIR (bucket layout)",
-    )
+
+
+def add_score_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> Callable[[argparse.Namespace], int]:
+    p = sub.add_parser("score", help="score image files, folders or zips offline (no services needed)")
+    add_score_arguments(p)
     return run_score

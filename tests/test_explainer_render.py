@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from explainer.__main__ import main as explainer_main
 from explainer.render import (
     BORDER_FRACTION,
     OVERLAY_SIZE,
@@ -22,7 +23,6 @@ from explainer.render import (
     render,
 )
 from explainer.sink import object_keys
-from scorer.__main__ import main as scorer_main
 from tests.scorer_helpers import jpeg, make_weights
 
 
@@ -142,7 +142,7 @@ def test_scorer_score_explain_writes_overlays_and_sidecars(tmp_path: Path) -> No
         (src / f"{i}.jpg").write_bytes(jpeg(100 + i))
     (src / "broken.png").write_bytes(b"not an image")
     out, expl = tmp_path / "scores.jsonl", tmp_path / "expl"
-    rc = scorer_main(
+    rc = explainer_main(
         [
             "score",
             str(src),

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from explainer.evidence import aggregate
-from explainer.faithfulness import area, faithfulness, unit_ranks
 from explainer.handler import ExplainerMetrics, ExplainHandler
 from explainer.models import ModelCache
 from explainer.sink import ExplanationRow, RegisteredModel
+from harness.explainer_evidence import aggregate
+from harness.explainer_faithfulness import area, faithfulness, unit_ranks
 from ingest.contracts import Verdict, encode, utcnow
 from ingest.decode import DecodeLimits
 from ingest.errors import PermanentError, TransientError

@@ -10,27 +10,23 @@ import contextlib
 import logging
 import secrets
 import socket
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import psycopg2
-import psycopg2.extensions
-import psycopg2.pool
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
-from kafka import KafkaProducer
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ingest.api import images, review
 from ingest.api.sessions import SessionSigner
+from ingest.api.state import AppState, HttpMetrics, Pool, error_body
 from ingest.errors import classify
 from ingest.intake import Intake, IntakeSettings
 from ingest.kafka import make_producer
@@ -43,92 +39,9 @@ logger = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 
 
-class Pool:
-    """A bounded PostgreSQL pool: ``with pool.connection() as conn`` commits on success, rolls back on error,
-    and drops a connection that failed at the connection level. Callers wait for a free connection."""
-
-    def __init__(self, dsn: str, size: int) -> None:
-        self._pool = psycopg2.pool.ThreadedConnectionPool(0, size, dsn, connect_timeout=5)
-        self._slots = threading.BoundedSemaphore(size)
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg2.extensions.connection]:
-        with self._slots:
-            conn = self._pool.getconn()
-            broken = False
-            try:
-                yield conn
-                conn.commit()
-            except (psycopg2.OperationalError, psycopg2.InterfaceError):
-                broken = True
-                raise
-            except BaseException:
-                conn.rollback()
-                raise
-            finally:
-                self._pool.putconn(conn, close=broken or bool(conn.closed))
-
-    def close(self) -> None:
-        self._pool.closeall()
-
-
-@dataclass
-class HttpMetrics:
-    requests: Counter
-    duration: Histogram
-    images: Counter
-    feedback: Counter
-
-    @classmethod
-    def create(cls, registry: CollectorRegistry) -> HttpMetrics:
-        return cls(
-            requests=Counter(
-                "intake_http_requests_total",
-                "HTTP requests",
-                ["route", "method", "status"],
-                registry=registry,
-            ),
-            duration=Histogram(
-                "intake_http_request_duration_seconds", "HTTP request latency", ["route"], registry=registry
-            ),
-            images=Counter(
-                "intake_images_total",
-                "Images handed to the intake, by outcome",
-                ["outcome"],
-                registry=registry,
-            ),
-            feedback=Counter(
-                "intake_feedback_total", "Moderator labels recorded, by label", ["label"], registry=registry
-            ),
-        )
-
-
-@dataclass
-class AppState:
-    stack: StackSettings
-    settings: IntakeSettings
-    store: S3Store
-    producer: KafkaProducer
-    pool: Pool
-    intake: Intake
-    signer: SessionSigner
-    registry: CollectorRegistry
-    metrics: HttpMetrics
-
-
-def state(request: Request) -> AppState:
-    st: AppState = request.app.state.cifake
-    return st
-
-
-def error_body(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "code": code, "message": message}}, status_code=status)
-
-
 def create_app(
     stack: StackSettings, settings: IntakeSettings, registry: CollectorRegistry | None = None
 ) -> FastAPI:
-    from ingest.api import images, review  # the routers import this module's helpers
 
     registry = registry or new_registry()
     store = S3Store(stack.s3)

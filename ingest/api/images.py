@@ -17,7 +17,7 @@ from starlette.datastructures import UploadFile
 from starlette.types import Message
 
 from ingest.accounts import ApiKey, verify_api_key
-from ingest.api.app import AppState, state
+from ingest.api.state import AppState, state
 from ingest.contracts import Metadata, parse_s3_ref
 from ingest.errors import PermanentError
 from ingest.intake import HTTP_STATUS_FOR_CODE, Accepted

@@ -23,9 +23,9 @@ from starlette.concurrency import run_in_threadpool
 
 from ingest.accounts import verify_moderator
 from ingest.api import queries
-from ingest.api.app import AppState, state
 from ingest.api.images import ImageIdPath, explanation_location
 from ingest.api.sessions import COOKIE, Session, csrf_ok
+from ingest.api.state import AppState, state
 from ingest.contracts import Feedback, encode, parse_s3_ref, utcnow
 from ingest.decode import decode_image
 from ingest.errors import PermanentError

@@ -1,9 +1,7 @@
 """Validation data for the offline studies (faithfulness, evidence): the retrainer's CIFAKE loader.
 
-Importing ``retrainer`` from ``explainer`` is a sideways dependency the layering otherwise forbids. It is
-accepted here, and only here, because these are offline CLIs that must study exactly the validation split
-the model was selected on (same loader, cache, de-duplication, fraction and seed); the import is lazy so
-that the streaming service never loads the retrainer.
+The studies must use exactly the validation split the model was selected on (same loader, cache,
+de-duplication, fraction and seed), hence the retrainer's loader.
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ class ValidationSet:
 
 def load_validation(data: str, meta: ModelMeta) -> ValidationSet:
     """The validation split of the CIFAKE folder/zip ``data`` that ``meta``'s model was selected on."""
-    from retrainer.data import CATEGORIES  # lazy: offline CLIs only (see the module docstring)
+    from retrainer.data import CATEGORIES
     from retrainer.evaluate import load_eval_split
 
     split = load_eval_split(data, "val", meta)
