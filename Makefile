@@ -24,8 +24,8 @@ DEMO_DATA ?= $(wildcard ../shared/datasets/cifake-train.zip)
 
 demo: stack-up
 	$(PY) -m ingest smoke
-	$(PY) -m scorer demo $(if $(DEMO_DATA),--data $(DEMO_DATA))
-	$(PY) -m ingest demo-console
+	$(PY) -m harness.demo $(if $(DEMO_DATA),--data $(DEMO_DATA))
+	$(PY) -m harness.demo_console
 
 # Lint first (seconds), then the whole suite against the real stack.
 test: stack-up lint

@@ -39,6 +39,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
 from harness.cpu_meter import CpuMeter, stack_services
+from harness.demo import generated_images
 from ingest.contracts import ImageSubmitted, encode, utcnow
 from ingest.db import connect
 from ingest.errors import PermanentError
@@ -46,7 +47,6 @@ from ingest.kafka import make_admin, make_producer
 from ingest.settings import KafkaSettings, StackSettings, load
 from ingest.storage import S3Store
 from ingest.topics import IMAGES_VERDICTS
-from scorer.demo import generated_images
 from scorer.offline import iter_sources
 
 logger = logging.getLogger(__name__)

@@ -58,8 +58,6 @@ def _parser() -> argparse.ArgumentParser:
     from ingest.dlq import add_dlq_command
 
     add_dlq_command(sub)
-    demo = sub.add_parser("demo-console", help="(make demo) demo moderator + detached server, print URL")
-    demo.add_argument("--name", default="demo")
     return parser
 
 
@@ -157,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             err=sys.stderr,
             progress=not args.no_progress and os.environ.get("CI") != "true",
         )
-    from ingest.console_demo import run_demo_console
-
-    return run_demo_console(stack, settings, args.name)
+    raise SystemExit(f"unknown command {args.command}")
 
 
 if __name__ == "__main__":

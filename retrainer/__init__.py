@@ -1,1 +1,1 @@
-"""CIFAKE retrainer: data pipeline, training, evaluation and the architecture sweep for the scorer's model."""
+"""CIFAKE retrainer: data, training, evaluation, feedback and gated retraining of the scorer's model."""

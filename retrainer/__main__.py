@@ -1,4 +1,4 @@
-"""``python -m retrainer {train,evaluate,sweep,models,run,worker,retrain-now}``: entry point; the
+"""``python -m retrainer {train,evaluate,models,known,run,worker,retrain-now}``: entry point; the
 only place logging handlers are set."""
 
 from __future__ import annotations

@@ -59,17 +59,10 @@ def _add_offline(sub: SubParsers) -> Handler:
     return add_score_command(sub)
 
 
-def _add_demo(sub: SubParsers) -> Handler:
-    from scorer.demo import add_demo_command
-
-    return add_demo_command(sub)
-
-
 COMMANDS: list[Callable[[SubParsers], Handler]] = [
     _add_bench_model,
     _add_streaming,
     _add_offline,
-    _add_demo,
 ]
 
 

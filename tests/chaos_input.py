@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 from kafka import KafkaProducer
 
+from harness.demo import generated_images
 from harness.pipeline_bench import reference_message, upload
 from ingest.contracts import encode
 from ingest.kafka import make_producer
 from ingest.settings import StackSettings
 from ingest.storage import S3Store
-from scorer.demo import generated_images
 from tests.imagegen import noise, png_bomb, save
 
 logger = logging.getLogger("chaos")

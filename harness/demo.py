@@ -1,4 +1,4 @@
-"""``python -m scorer demo``: the streaming pipeline end to end on the running stack, for a person to watch.
+"""``python -m harness.demo``: the streaming pipeline end to end on the running stack, for a person to watch.
 
 It starts a scorer process (a consumer-group member, metrics on ``--metrics-port``), uploads a few hundred
 images to the object store, publishes their references on ``images.submitted``, waits for the verdicts
@@ -6,7 +6,7 @@ in PostgreSQL and prints them as a table. Images come from ``--data`` (a CIFAKE-
 any folder of images) or, without it, are generated, and the demo says which. With CIFAKE data the true
 label is known from the folder name, so the table also shows whether each verdict was right. Then one
 moderator label and a re-upload of the labelled image show the known-content lists at work
-(``scorer.demo_known``).
+(``harness.demo_known``).
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"demo: {len(rows)} verdicts in {elapsed:.1f}s", flush=True)
         _print_metrics(metrics_url)
         if not args.no_known:
-            from scorer.demo_known import run_known_act
+            from harness.demo_known import run_known_act
 
             run_known_act(stack, rows, ids, metrics_url, _wait, log_path.parent)
     finally:
@@ -222,10 +222,11 @@ def _print_metrics(url: str) -> None:
         print("  " + ln)
 
 
-def add_demo_command(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> Callable[[argparse.Namespace], int]:
-    p = sub.add_parser("demo", help="start a scorer, submit a few hundred images, print the verdicts")
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m harness.demo",
+        description="start a scorer, submit a few hundred images, print the verdicts (make demo)",
+    )
     p.add_argument(
         "--data", default=os.environ.get("CIFAKE_DEMO_DATA") or None, help="zip or folder of images"
     )
@@ -237,4 +238,16 @@ def add_demo_command(
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--log", default=".stack/demo-scorer.log")
     p.add_argument("--no-known", action="store_true", help="skip the label-then-re-upload act")
-    return run_demo
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=args.log_level.upper(), format=fmt, stream=sys.stderr)
+    return run_demo(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Architecture sweep: train each candidate under the same CPU time budget, then tabulate and plot.
 
-``python -m retrainer.sweep --data PATH --budget 150 --out benchmarks/sweep`` writes ``results.csv``,
+``python -m harness.sweep --data PATH --budget 150 --out benchmarks/sweep`` writes ``results.csv``,
 ``results.md`` and ``pareto.png`` (validation accuracy vs CPU images/s at batch 256). Each candidate gets
 the same wall-clock budget with the learning-rate schedule following the clock, so small models see more
 epochs than large ones; that is the trade-off the sweep is meant to show for this machine.
@@ -158,7 +158,7 @@ def write_outputs(rows: list[dict[str, Any]], out: Path) -> None:
         "(2 torch threads, a shared machine), full de-duplicated train split, LR schedule following the",
         "clock; validation on the 10% split (seed 0). `cpu_images_per_s_b256` is raw inference, best of 3",
         "one-second runs at batch 256.",
-        "Made by `python -m retrainer.sweep` (see retrainer/sweep.py).",
+        "Made by `python -m harness.sweep` (see harness/sweep.py).",
         "",
         "| " + " | ".join(FIELDS) + " |",
         "|" + "---|" * len(FIELDS),
@@ -217,7 +217,7 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m retrainer.sweep", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m harness.sweep", description=__doc__)
     p.add_argument("--data", required=True)
     p.add_argument("--budget", type=float, default=150.0, help="training seconds per candidate")
     p.add_argument("--candidates", nargs="+", default=list(DEFAULT_CANDIDATES), help="arch or arch:width")

@@ -1,4 +1,4 @@
-"""``python -m ingest demo-console``: the last step of ``make demo``.
+"""``python -m harness.demo_console``: the last step of ``make demo``.
 
 Creates (or resets) the demo moderator with a generated password, starts the intake service detached
 unless this state dir's one is already running (pid in ``<state>/run/intake.pid``, log in
@@ -90,3 +90,25 @@ def run_demo_console(stack: StackSettings, settings: IntakeSettings, name: str) 
     print(f"demo moderator: name {name}   password {password}")
     print("stop it with `deploy/stack down`")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from ingest.intake import IntakeSettings
+    from ingest.service import configure_logging
+    from ingest.settings import StackSettings, load
+
+    p = argparse.ArgumentParser(
+        prog="python -m harness.demo_console",
+        description="(make demo) demo moderator + detached server, print URL",
+    )
+    p.add_argument("--name", default="demo")
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    configure_logging(args.log_level)
+    return run_demo_console(load(StackSettings), load(IntakeSettings), args.name)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
