@@ -164,3 +164,21 @@ def test_dockerfile_copies_what_exists_and_is_not_ignored(tmp_path: Path) -> Non
     )
     problems = "\n".join(manifests.dockerfile_problems(broken))
     assert "COPY benchmarks: excluded" in problems and "COPY nowhere: not in the repository" in problems
+
+
+def test_the_service_image_holds_no_harness_and_no_tests() -> None:
+    """What the image may contain is the allow-list in deploy/Dockerfile.dockerignore; harness/ and tests/
+    are not on it, and no service package imports them (`lint-imports` in `make lint`)."""
+    allowed = [
+        line[1:].strip()
+        for line in manifests.DOCKERFILE.with_name("Dockerfile.dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    ]
+    assert "ingest" in allowed and "scorer" in allowed  # the allow-list is the one being read
+    assert not [a for a in allowed if a.split("/")[0] in {"harness", "tests", "benchmarks", "docs"}]
+    copied = [
+        line.split()[-2]
+        for line in manifests.DOCKERFILE.read_text().splitlines()
+        if line.startswith("COPY") and "--from" not in line
+    ]
+    assert not [c for c in copied if c.split("/")[0] in {"harness", "tests"}]
