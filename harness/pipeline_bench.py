@@ -381,8 +381,25 @@ def run_bench(args: argparse.Namespace) -> int:
         "images": described,
         "cpus": os.cpu_count(),
     }
+    write_result(args.out, result)
     print(json.dumps(result), flush=True)
     return 0
+
+
+def write_result(out: str | None, result: dict[str, Any]) -> None:
+    """The result file the docs quote, with where it ran (``harness/machine.py``)."""
+    if not out:
+        return
+    from harness.machine import machine_info
+
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "machine": machine_info(),
+        "command": "python -m harness.pipeline " + " ".join(sys.argv[1:]),
+        **result,
+    }
+    path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -396,3 +413,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per phase")
+    p.add_argument(
+        "--out",
+        default="benchmarks/pipeline/pipeline.json",
+        help="result file (a soak run writes benchmarks/pipeline/soak.json unless --out is given)",
+    )

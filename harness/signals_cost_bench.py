@@ -36,6 +36,7 @@ MODES: dict[str, dict[str, str]] = {
 def _bench(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, **MODES[mode]}
     cmd = [sys.executable, "-m", "harness.pipeline", "--n", str(args.n), "--duration", str(args.duration)]
+    cmd += ["--out", ""]  # its own result file is written below, not the pipeline bench's
     if args.data:
         cmd += ["--data", args.data]
     if args.rate:

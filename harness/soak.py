@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
-from harness.pipeline_bench import Bench, VerdictCollector, prepare_images, upload
+from harness.pipeline_bench import Bench, VerdictCollector, prepare_images, upload, write_result
 from ingest.kafka import make_admin
 from ingest.settings import StackSettings, load
 from ingest.storage import S3Store
@@ -237,6 +237,8 @@ def run_soak(args: argparse.Namespace) -> int:
     finally:
         bench.delete_topics()
     result.update(measured_images_per_s=measured, measured_runs=runs, images=described, cpus=os.cpu_count())
+    out = args.out if args.out != "benchmarks/pipeline/pipeline.json" else "benchmarks/pipeline/soak.json"
+    write_result(out, result)
     print(json.dumps(result), flush=True)
     # stable_p99 is reported, not part of the exit status: a short soak on a busy machine has too few
     # verdicts per interval for a p99 that means much (the CI run has about 200).

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_short_soak_has_flat_memory_and_bounded_lag(stack: StackSettings) -> None:
+def test_short_soak_has_flat_memory_and_bounded_lag(stack: StackSettings, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "harness.pipeline", "--log-level", "WARNING", "--n", "200"]
+    cmd += ["--out", str(tmp_path / "soak.json")]  # not the repository's result file
     cmd += ["--soak", "40", "--interval", "10", "--rate", "20"]
     result = subprocess.run(
         cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600, check=False
