@@ -402,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, help="image generation seed (default: random)")
     p.add_argument("--log-dir", help="service logs (default: a new temp dir, kept)")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--out", type=Path, help="also write the result, with the machine, to this JSON file")
     args = p.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s chaos %(levelname)s %(message)s"
@@ -431,6 +432,14 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("kept the stack: CIFAKE_STACK_DIR=%s (env file %s)", stack.state_dir, stack.env_file)
     if result["failed"]:
         logger.error("FAILED: %s", "; ".join(result["failed"]))
+    if args.out:
+        from harness.machine import machine_info
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        command = "python -m tests.chaos " + " ".join(sys.argv[1:])
+        args.out.write_text(
+            json.dumps({"machine": machine_info(), "command": command, **result}, indent=2) + "\n"
+        )
     print(json.dumps(result), flush=True)
     return 0 if result["ok"] else 1
 
