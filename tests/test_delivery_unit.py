@@ -12,27 +12,15 @@ from kafka.errors import (
 )
 
 from ingest.contracts import DeadLetter, decode
-from ingest.delivery import DEAD_LETTER_OVERHEAD, Delivery, TopicLimits
+from ingest.delivery import DEAD_LETTER_OVERHEAD, RECORD_OVERHEAD_BOUND, Delivery, TopicLimits, message_size
 from ingest.errors import InvalidMessage, TransientError, classify, rejects_record
-from ingest.loop import Batch, ConsumerLoop, LoopConfig, Record
+from ingest.loop import Batch, ConsumerLoop, Record
 from tests.fakes import FakeConsumer, FakeProducer
-
-TOPIC = "t"
+from tests.loop_helpers import TOPIC, config
 
 
 def consumer(n: int) -> FakeConsumer:
     return FakeConsumer({TopicPartition(TOPIC, 0): [(f"k{i}".encode(), b"v") for i in range(n)]})
-
-
-def config(**kw: object) -> LoopConfig:
-    base: dict[str, object] = {
-        "service": "test",
-        "max_batch": 4,
-        "max_wait_ms": 0,
-        "backoff_initial_s": 0.001,
-    }
-    base.update(kw)
-    return LoopConfig(**base)  # type: ignore[arg-type]
 
 
 def test_one_classification_for_the_loop_and_the_api() -> None:
@@ -108,3 +96,9 @@ def test_a_limit_that_cannot_be_read_falls_back_to_kafkas_default() -> None:
         raise TopicAuthorizationFailedError("no DESCRIBE_CONFIGS")
 
     assert TopicLimits(broken).limit("out") == 1_048_588
+
+
+def test_the_quick_size_bound_never_passes_a_message_the_exact_estimate_would_refuse() -> None:
+    for key, value in [(None, b""), (b"k" * 200, b"v" * 5000), (b"k", b"v" * 2_000_000)]:
+        overhead = message_size(key, value) - len(value) - len(key or b"")
+        assert 0 < overhead <= RECORD_OVERHEAD_BOUND

@@ -11,27 +11,9 @@ from kafka import TopicPartition
 
 from ingest.contracts import DeadLetter, decode
 from ingest.errors import PermanentError, TransientError
-from ingest.loop import Batch, ConsumerLoop, LoopConfig, Record
-from tests.fakes import FakeConsumer, FakeProducer
-
-TOPIC = "t"
-
-
-def make(values_per_partition: list[list[bytes]]) -> FakeConsumer:
-    return FakeConsumer(
-        {TopicPartition(TOPIC, p): [(b"k", v) for v in vals] for p, vals in enumerate(values_per_partition)}
-    )
-
-
-def config(**kw: object) -> LoopConfig:
-    base: dict[str, object] = {
-        "service": "test",
-        "max_batch": 4,
-        "max_wait_ms": 0,
-        "backoff_initial_s": 0.001,
-    }
-    base.update(kw)
-    return LoopConfig(**base)  # type: ignore[arg-type]
+from ingest.loop import Batch, ConsumerLoop, Record
+from tests.fakes import FakeProducer
+from tests.loop_helpers import TOPIC, config, make
 
 
 def test_commits_last_offset_plus_one_per_partition_after_processing() -> None:
@@ -216,29 +198,6 @@ def test_every_record_is_processed_or_dead_lettered_exactly_once(
     assert consumer.commits == {TopicPartition(TOPIC, p): len(v) for p, v in enumerate(partitions) if v}
 
 
-def test_lag_of_partitions_lost_in_a_rebalance_is_no_longer_reported() -> None:
-    from prometheus_client import CollectorRegistry
-
-    from ingest.lag import LagReporter
-    from ingest.metrics import LoopMetrics
-
-    registry = CollectorRegistry()
-    consumer = make([[b"a", b"b"], [b"c"]])
-    metrics = LoopMetrics.create("test", registry)
-    reporter = LagReporter(metrics.lag)
-
-    def lag(partition: int) -> float | None:
-        return registry.get_sample_value(
-            "test_consumer_lag_records", {"topic": TOPIC, "partition": str(partition)}
-        )
-
-    reporter.update(consumer)
-    assert lag(0) == 2 and lag(1) == 1
-    del consumer.partitions[TopicPartition(TOPIC, 1)]  # partition 1 moved to another member
-    reporter.update(consumer)
-    assert lag(0) == 2 and lag(1) is None
-
-
 def _records_aged(age_s: float, n: int = 3) -> list[Record]:
     stamp = int((time.time() - age_s) * 1000)
     return [Record(TOPIC, 0, i, b"k", b"v", stamp) for i in range(n)]
@@ -388,81 +347,3 @@ def test_one_poison_record_among_good_ones_is_dead_lettered_and_the_breaker_stay
     loop = ConsumerLoop(consumer, FakeProducer(), handler, config(max_batch=8, unexpected_retries=1))
     stats = loop.run(max_records=16)
     assert stats.dead_lettered == 1 and stats.processed == 15 and not loop.breaker.is_open
-
-
-class _Tracker:
-    def __init__(self) -> None:
-        self.revoked: set[TopicPartition] = set()
-
-    def take(self) -> set[TopicPartition]:
-        out, self.revoked = self.revoked, set()
-        return out
-
-
-def test_records_of_a_partition_revoked_mid_batch_are_neither_handled_nor_committed() -> None:
-    """A batch assembled over several polls: a rebalance (seen by the listener during the second poll) takes
-    partition 1 away. Its records polled before must not be handled or committed by this member."""
-    consumer = make([[b"a0"], [b"b0", b"b1"]])  # the first poll returns all three
-    tracker = _Tracker()
-    real_poll = consumer.poll
-    calls = {"n": 0}
-    p1 = TopicPartition(TOPIC, 1)
-
-    def poll(timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True) -> object:
-        calls["n"] += 1
-        if (
-            calls["n"] == 2
-        ):  # the group rebalanced inside this poll: partition 1 now belongs to another member
-            tracker.revoked.add(p1)
-            consumer.partitions.pop(p1)
-        return real_poll(timeout_ms, 2)
-
-    consumer.poll = poll  # type: ignore[method-assign]
-    seen: list[bytes] = []
-    loop = ConsumerLoop(
-        consumer,
-        FakeProducer(),
-        lambda b: seen.extend(r.value or b"" for r in b.records),
-        config(max_batch=4, max_wait_ms=200),
-        revocations=tracker,
-    )
-    loop.run(idle_timeout=0.5)
-    assert seen == [b"a0"]
-    assert consumer.commits == {TopicPartition(TOPIC, 0): 1}
-
-
-def test_a_committed_offset_never_moves_back() -> None:
-    consumer = make([[b"a", b"b", b"c"]])
-    loop = ConsumerLoop(consumer, FakeProducer(), lambda b: None, config())
-    loop._commit([Record(TOPIC, 0, 2, None, b"c")])
-    loop._commit([Record(TOPIC, 0, 0, None, b"a")])  # a stale replay of an earlier offset
-    assert consumer.commits == {TopicPartition(TOPIC, 0): 3} and consumer.commit_calls == 1
-
-
-def test_a_partition_revoked_and_assigned_back_is_read_again_from_the_committed_offset() -> None:
-    """kafka-python revokes every partition in a rebalance and keeps the fetch position of one that comes
-    back to the same member. The records dropped from the batch in flight must be read again, not skipped
-    (found by the churn run, harness/churn.py: records lost while scorers joined and left)."""
-    consumer = make([[b"a0", b"a1", b"a2", b"a3", b"a4", b"a5"]])
-    tracker = _Tracker()
-    real_poll = consumer.poll
-    calls = {"n": 0}
-
-    def poll(timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True) -> object:
-        calls["n"] += 1
-        if calls["n"] == 2:  # revoked and assigned straight back: the position stays past a0, a1
-            tracker.revoked.add(TopicPartition(TOPIC, 0))
-        return real_poll(timeout_ms, 2)
-
-    consumer.poll = poll  # type: ignore[method-assign]
-    seen: list[bytes] = []
-    loop = ConsumerLoop(
-        consumer,
-        FakeProducer(),
-        lambda b: seen.extend(r.value or b"" for r in b.records),
-        config(max_batch=4, max_wait_ms=200),
-        revocations=tracker,
-    )
-    loop.run(idle_timeout=0.5)
-    assert seen == [b"a0", b"a1", b"a2", b"a3", b"a4", b"a5"]
-    assert consumer.commits == {TopicPartition(TOPIC, 0): 6}
