@@ -51,7 +51,10 @@ def test_promote_and_rollback_switch_a_running_scorer(
         )
     start = make_weights(tmp_path / "v0.safetensors", "v0", seed=9)
     settings = scorer_settings(topic, group, start, follow_models=True, models_topic=mtopic)
-    scorer = ScorerThread(iso, settings, idle_timeout=6)
+    # The scorer stops after this long without records: long enough for a slow first group assignment on
+    # a freshly started broker (a fresh-clone CI run once timed out here with 6 s, its join having logged
+    # "No partition metadata"), short enough that join() below does not wait long.
+    scorer = ScorerThread(iso, settings, idle_timeout=20)
     submitted = 0
     tag = uuid.uuid4().hex[:8]
 
