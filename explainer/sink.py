@@ -14,7 +14,6 @@ a version it does not have), and upserts ``explanations`` keeping the first row,
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -22,12 +21,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import psycopg2
-import psycopg2.extensions
 from psycopg2.extras import execute_values
 
-from ingest.db import connect
-from ingest.errors import TransientError
+from ingest.db import Database
 from ingest.settings import PostgresSettings
 
 logger = logging.getLogger(__name__)
@@ -89,38 +85,26 @@ ON CONFLICT (image_id, model_version, method) DO NOTHING
 
 
 class PostgresExplanationSink:
-    """One connection, reopened after a failure; connection errors become ``TransientError``."""
+    """Reads and writes on a reused connection (``ingest.db.Database``); a broken connection is dropped and
+    becomes a ``TransientError``."""
 
     def __init__(self, pg: PostgresSettings) -> None:
-        self.pg = pg
-        self._conn: psycopg2.extensions.connection | None = None
+        self.db = Database(pg)
 
-    def _connection(self) -> psycopg2.extensions.connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self.pg)
-        return self._conn
-
-    def _run(self, sql: str, params: Any, fetch: bool) -> list[tuple[Any, ...]]:
-        try:
-            conn = self._connection()
-            with conn, conn.cursor() as cur:
-                cur.execute(sql, params)
-                return list(cur.fetchall()) if fetch else []
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
-            self.close()
-            raise TransientError(f"PostgreSQL unavailable: {e}".strip()) from e
+    def _run(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+        with self.db.cursor() as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
 
     def image_refs(self, image_ids: list[str]) -> dict[str, str | None]:
         """``{image_id: ref}`` for the ids that have an ``images`` row (ref may be NULL)."""
         if not image_ids:
             return {}
-        rows = self._run("SELECT id, ref FROM images WHERE id = ANY(%s)", (image_ids,), fetch=True)
+        rows = self._run("SELECT id, ref FROM images WHERE id = ANY(%s)", (image_ids,))
         return {str(r[0]): (None if r[1] is None else str(r[1])) for r in rows}
 
     def registered_model(self, version: str) -> RegisteredModel | None:
-        rows = self._run(
-            "SELECT version, object_key, sha256 FROM models WHERE version = %s", (version,), fetch=True
-        )
+        rows = self._run("SELECT version, object_key, sha256 FROM models WHERE version = %s", (version,))
         return RegisteredModel(str(rows[0][0]), str(rows[0][1]), str(rows[0][2])) if rows else None
 
     def write(self, rows: list[ExplanationRow]) -> None:
@@ -129,16 +113,8 @@ class PostgresExplanationSink:
         values = [
             (r.image_id, r.model_version, r.method, json.dumps(r.keys), json.dumps(r.evidence)) for r in rows
         ]
-        try:
-            conn = self._connection()
-            with conn, conn.cursor() as cur:  # one transaction per batch
-                execute_values(cur, UPSERT, values)
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
-            self.close()
-            raise TransientError(f"PostgreSQL unavailable: {e}".strip()) from e
+        with self.db.cursor() as cur:  # one transaction per batch
+            execute_values(cur, UPSERT, values)
 
     def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg2.Error):
-                self._conn.close()
-            self._conn = None
+        self.db.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
@@ -79,9 +80,10 @@ def _read_password(args: argparse.Namespace) -> tuple[str, bool]:
 
 def _accounts(args: argparse.Namespace, stack: StackSettings) -> int:
     from ingest import accounts
-    from ingest.db import connect
+    from ingest.db import Database
 
-    with connect(stack.pg) as conn:
+    db = Database(stack.pg)
+    with contextlib.closing(db), db.connection() as conn:
         if args.command == "keys" and args.keys_command == "create":
             record, key = accounts.create_api_key(conn, args.name)
             print(f"created key {record.id} for {record.name}; it is shown only now:\n{key}")

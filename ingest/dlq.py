@@ -28,7 +28,7 @@ from kafka import KafkaConsumer, TopicPartition
 from psycopg2.extras import execute_values
 
 from ingest.contracts import DeadLetter, decode
-from ingest.db import connect
+from ingest.db import transaction
 from ingest.errors import InvalidMessage
 from ingest.kafka import make_producer
 from ingest.settings import StackSettings
@@ -113,18 +113,14 @@ def redriven(stack: StackSettings, entries: list[Entry]) -> set[tuple[str, int, 
     keys = [(e.letter.topic, e.letter.partition, e.letter.offset) for e in entries if e.letter]
     if not keys:
         return set()
-    conn = connect(stack.pg)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT source_topic, source_partition, source_offset FROM dlq_redrives"
-                " WHERE (source_topic, source_partition, source_offset) IN"
-                " (SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[]))",
-                ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
-            )
-            return {(t, int(p), int(o)) for t, p, o in cur.fetchall()}
-    finally:
-        conn.close()
+    with transaction(stack.pg) as cur:
+        cur.execute(
+            "SELECT source_topic, source_partition, source_offset FROM dlq_redrives"
+            " WHERE (source_topic, source_partition, source_offset) IN"
+            " (SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[]))",
+            ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+        )
+        return {(t, int(p), int(o)) for t, p, o in cur.fetchall()}
 
 
 @dataclass
@@ -162,10 +158,9 @@ def redrive(stack: StackSettings, topic: str, filters: Filters, dry_run: bool = 
 
 
 def _send(stack: StackSettings, topic: str, todo: list[Entry]) -> None:
-    conn = connect(stack.pg)
     producer = make_producer(stack.kafka)
     try:
-        with conn, conn.cursor() as cur:
+        with transaction(stack.pg) as cur:
             rows = [
                 (d.topic, d.partition, d.offset, dlq_topic(topic), e.partition, e.offset, d.code)
                 for e in todo
@@ -189,7 +184,6 @@ def _send(stack: StackSettings, topic: str, todo: list[Entry]) -> None:
                 f.get(timeout=60)  # a refused send raises here: the transaction rolls back, nothing recorded
     finally:
         producer.close()
-        conn.close()
 
 
 def describe(e: Entry) -> dict[str, object]:

@@ -18,7 +18,7 @@ import uuid
 from PIL import Image
 
 from ingest.contracts import ImageSubmitted, decode, encode, parse_s3_ref, utcnow
-from ingest.db import connect
+from ingest.db import transaction
 from ingest.kafka import make_consumer, make_producer
 from ingest.loop import Batch, ConsumerLoop, LoopConfig
 from ingest.settings import StackSettings
@@ -72,7 +72,7 @@ def run_smoke(stack: StackSettings, timeout_s: float = 60.0) -> dict[str, object
     loop: ConsumerLoop
 
     def handle(batch: Batch) -> None:
-        with connect(stack.pg) as conn, conn.cursor() as cur:
+        with transaction(stack.pg) as cur:
             for record in batch.pending():
                 if record.key != digest.encode():
                     continue  # someone else's image: not ours to judge
@@ -99,7 +99,7 @@ def run_smoke(stack: StackSettings, timeout_s: float = 60.0) -> dict[str, object
     loop.run(idle_timeout=timeout_s)
     if not found:
         raise RuntimeError(f"smoke: our record did not come back within {timeout_s:.0f}s")
-    with connect(stack.pg) as conn, conn.cursor() as cur:
+    with transaction(stack.pg) as cur:
         cur.execute("SELECT sha256 FROM images WHERE id = %s", (digest,))
         row = cur.fetchone()
     if row is None or row[0] != digest:

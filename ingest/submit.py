@@ -8,7 +8,6 @@ submitted image has a verdict (or ``--timeout``), prints a summary table and wri
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import threading
@@ -22,7 +21,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from ingest.db import OneConnection, connect
+from ingest.db import Database
 from ingest.errors import PermanentError
 from ingest.intake import Intake, IntakeSettings
 from ingest.kafka import make_producer
@@ -60,9 +59,9 @@ def submit_paths(
         print(f"submit: {problem}", file=err, flush=True)
     if not found.entries:
         return []
-    conn = OneConnection(stack.pg)
+    db = Database(stack.pg)
     producer = make_producer(stack.kafka)
-    intake = Intake(settings, S3Store(stack.s3), producer, conn)
+    intake = Intake(settings, S3Store(stack.s3), producer, db.connection)
     rows: list[Row] = []
     try:
         bar = tqdm(
@@ -86,7 +85,7 @@ def submit_paths(
             row.image_id, row.status = acc.image_id, "duplicate" if acc.duplicate else "submitted"
     finally:
         producer.close(timeout=10)
-        conn.close()
+        db.close()
     return rows
 
 
@@ -96,9 +95,10 @@ def wait_for_verdicts(stack: StackSettings, rows: list[Row], timeout: float) -> 
     deadline = time.monotonic() + timeout
     pause = threading.Event()
     found: dict[str, tuple[str, float, str]] = {}
-    with contextlib.closing(connect(stack.pg)) as conn:
+    db = Database(stack.pg)
+    try:
         while True:
-            with conn, conn.cursor() as cur:
+            with db.cursor() as cur:
                 cur.execute(
                     "SELECT DISTINCT ON (image_id) image_id, model_version, p_fake, label FROM verdicts"
                     " WHERE image_id = ANY(%s) ORDER BY image_id, scored_at DESC",
@@ -109,6 +109,8 @@ def wait_for_verdicts(stack: StackSettings, rows: list[Row], timeout: float) -> 
             if len(found) == len(wanted) or time.monotonic() > deadline:
                 break
             pause.wait(0.5)
+    finally:
+        db.close()
     for r in rows:
         if r.image_id in found:
             r.model_version, r.p_fake, r.label = found[r.image_id]

@@ -18,7 +18,7 @@ import psycopg2.extras
 from prometheus_client import CollectorRegistry, Counter
 
 from ingest.contracts import Feedback, decode
-from ingest.db import connect
+from ingest.db import Database, transaction
 from ingest.errors import InvalidMessage, PermanentError
 from ingest.loop import Batch, Record
 from ingest.settings import PostgresSettings
@@ -81,19 +81,13 @@ class FeedbackHandler:
         min_quality: int = DEFAULT_MIN_QUALITY,
     ) -> None:
         """``known_topic`` None: labels are stored but the known-content lists are not kept."""
-        self.pg = pg
+        self.db = Database(pg)
         self.metrics = metrics
         self.known_topic = known_topic
         self.min_quality = min_quality
-        self._conn = connect(pg)
 
     def close(self) -> None:
-        self._conn.close()
-
-    def _connection(self) -> psycopg2.extensions.connection:
-        if self._conn.closed:
-            self._conn = connect(self.pg)
-        return self._conn
+        self.db.close()
 
     def __call__(self, batch: Batch) -> None:
         parsed: list[tuple[Record, Feedback]] = []
@@ -103,46 +97,41 @@ class FeedbackHandler:
             except PermanentError as e:
                 logger.info("dead-lettering %s: %s", r.where, e.reason)
                 batch.fail(r, e)
-        conn = self._connection()
-        try:
-            with conn, conn.cursor() as cur:
-                ids = sorted({f.image_id for _, f in parsed})
-                cur.execute("SELECT id FROM images WHERE id = ANY(%s)", (ids,))
-                known = {row[0] for row in cur.fetchall()}
-                # One row per (image, moderator) per statement: the newest label of the batch (the first
-                # one on equal timestamps, as sequential upserts would keep it).
-                latest: dict[tuple[str, str], Feedback] = {}
-                for r, f in parsed:
-                    if f.image_id not in known:
-                        logger.info("dead-lettering %s: unknown image %s", r.where, f.image_id)
-                        batch.fail(r, PermanentError(f"unknown image {f.image_id}", "unknown_image"))
-                        continue
-                    k = (f.image_id, f.moderator)
-                    if k not in latest or f.labelled_at > latest[k].labelled_at:
-                        latest[k] = f
-                stored = 0
-                if latest:
-                    rows = psycopg2.extras.execute_values(
-                        cur,
-                        "INSERT INTO feedback (image_id, moderator, label, note, labelled_at) VALUES %s"
-                        " ON CONFLICT (image_id, moderator) DO UPDATE SET label = EXCLUDED.label,"
-                        " note = EXCLUDED.note, labelled_at = EXCLUDED.labelled_at, received_at = now()"
-                        " WHERE feedback.labelled_at < EXCLUDED.labelled_at RETURNING image_id",
-                        [
-                            (f.image_id, f.moderator, f.label, f.note or "", f.labelled_at)
-                            for f in latest.values()
-                        ],
-                        fetch=True,
-                    )
-                    stored = len(rows)
-                # Every labelled image of the batch, stored or stale: a retried batch re-announces the same
-                # entry states, so none is lost between this commit and the producer's flush.
-                sync = None
-                if self.known_topic is not None:
-                    sync = sync_moderation_entries(cur, {k[0] for k in latest}, self.min_quality)
-        except Exception:
-            conn.rollback()
-            raise
+        with self.db.cursor() as cur:
+            ids = sorted({f.image_id for _, f in parsed})
+            cur.execute("SELECT id FROM images WHERE id = ANY(%s)", (ids,))
+            known = {row[0] for row in cur.fetchall()}
+            # One row per (image, moderator) per statement: the newest label of the batch (the first
+            # one on equal timestamps, as sequential upserts would keep it).
+            latest: dict[tuple[str, str], Feedback] = {}
+            for r, f in parsed:
+                if f.image_id not in known:
+                    logger.info("dead-lettering %s: unknown image %s", r.where, f.image_id)
+                    batch.fail(r, PermanentError(f"unknown image {f.image_id}", "unknown_image"))
+                    continue
+                k = (f.image_id, f.moderator)
+                if k not in latest or f.labelled_at > latest[k].labelled_at:
+                    latest[k] = f
+            stored = 0
+            if latest:
+                rows = psycopg2.extras.execute_values(
+                    cur,
+                    "INSERT INTO feedback (image_id, moderator, label, note, labelled_at) VALUES %s"
+                    " ON CONFLICT (image_id, moderator) DO UPDATE SET label = EXCLUDED.label,"
+                    " note = EXCLUDED.note, labelled_at = EXCLUDED.labelled_at, received_at = now()"
+                    " WHERE feedback.labelled_at < EXCLUDED.labelled_at RETURNING image_id",
+                    [
+                        (f.image_id, f.moderator, f.label, f.note or "", f.labelled_at)
+                        for f in latest.values()
+                    ],
+                    fetch=True,
+                )
+                stored = len(rows)
+            # Every labelled image of the batch, stored or stale: a retried batch re-announces the same
+            # entry states, so none is lost between this commit and the producer's flush.
+            sync = None
+            if self.known_topic is not None:
+                sync = sync_moderation_entries(cur, {k[0] for k in latest}, self.min_quality)
         if sync is not None and self.known_topic is not None:
             for key, value in announce(sync.updates):
                 batch.produce(self.known_topic, key, value)
@@ -166,13 +155,9 @@ class MajorityLabels:
 
 def majority_labels(pg: PostgresSettings) -> MajorityLabels:
     """Training labels: the majority across moderators per image; ties are left out and counted."""
-    conn = connect(pg)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute("SELECT image_id, n_real, n_fake, label FROM feedback_majority")
-            rows = cur.fetchall()
-    finally:
-        conn.close()
+    with transaction(pg) as cur:
+        cur.execute("SELECT image_id, n_real, n_fake, label FROM feedback_majority")
+        rows = cur.fetchall()
     labels = {i: int(label == "fake") for i, _r, _f, label in rows if label is not None}
     ties = sum(1 for row in rows if row[3] is None)
     multi = [(nr, nf) for _i, nr, nf, _lab in rows if nr + nf > 1]

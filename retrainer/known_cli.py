@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from ingest.contracts import KnownContentUpdate
-from ingest.db import connect
+from ingest.db import transaction
 from ingest.kafka import make_producer
 from ingest.known_csv import CsvRow, parse_csv
 from ingest.settings import StackSettings
@@ -66,27 +66,19 @@ def run_known_command(args: argparse.Namespace, stack: StackSettings, settings: 
 
 
 def _export(stack: StackSettings, args: argparse.Namespace) -> int:
-    conn = connect(stack.pg)
-    try:
-        with conn, conn.cursor() as cur:
-            if args.out:
-                with open(args.out, "w", newline="", encoding="utf-8") as f:
-                    n = export_csv(cur, f, args.label)
-            else:
-                n = export_csv(cur, sys.stdout, args.label)
-    finally:
-        conn.close()
+    with transaction(stack.pg) as cur:
+        if args.out:
+            with open(args.out, "w", newline="", encoding="utf-8") as f:
+                n = export_csv(cur, f, args.label)
+        else:
+            n = export_csv(cur, sys.stdout, args.label)
     print(json.dumps({"command": "export", "entries": n}), file=sys.stderr)
     return 0
 
 
 def _write(stack: StackSettings, work: Any) -> list[KnownContentUpdate]:
-    conn = connect(stack.pg)
-    try:
-        with conn, conn.cursor() as cur:
-            updates: list[KnownContentUpdate] = work(cur)
-    finally:
-        conn.close()
+    with transaction(stack.pg) as cur:
+        updates: list[KnownContentUpdate] = work(cur)
     return updates
 
 

@@ -30,7 +30,7 @@ import psycopg2.extensions
 from kafka import KafkaConsumer, TopicPartition
 
 from ingest.contracts import ModelPublished, decode, encode, utcnow
-from ingest.db import connect
+from ingest.db import transaction
 from ingest.errors import InvalidMessage
 from ingest.kafka import make_producer
 from ingest.settings import StackSettings
@@ -155,12 +155,8 @@ class ModelRegistry:
 
     @contextmanager
     def _tx(self) -> Iterator[psycopg2.extensions.cursor]:
-        conn = connect(self.stack.pg)
-        try:
-            with conn, conn.cursor() as cur:  # commits on success, rolls back on any exception
-                yield cur
-        finally:
-            conn.close()
+        with transaction(self.stack.pg) as cur:  # commits on success, rolls back on any exception
+            yield cur
 
     # -- reading ---------------------------------------------------------------------------------
 

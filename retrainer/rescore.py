@@ -15,7 +15,7 @@ from datetime import datetime
 from kafka import KafkaProducer
 
 from ingest.contracts import ImageSubmitted, encode, utcnow
-from ingest.db import connect
+from ingest.db import transaction
 from ingest.kafka import make_producer
 from ingest.settings import StackSettings
 
@@ -30,15 +30,9 @@ class RescoreResult:
 
 
 def _has_verdict(stack: StackSettings, image_id: str, version: str) -> bool:
-    conn = connect(stack.pg)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT 1 FROM verdicts WHERE image_id = %s AND model_version = %s", (image_id, version)
-            )
-            return cur.fetchone() is not None
-    finally:
-        conn.close()
+    with transaction(stack.pg) as cur:
+        cur.execute("SELECT 1 FROM verdicts WHERE image_id = %s AND model_version = %s", (image_id, version))
+        return cur.fetchone() is not None
 
 
 def rescore(
@@ -57,18 +51,14 @@ def rescore(
     that has not swapped yet (its upsert would keep the old verdict and add nothing). ``TimeoutError`` after
     ``wait_s`` with nothing else sent.
     """
-    conn = connect(stack.pg)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT v.image_id, i.ref, i.source FROM verdicts v LEFT JOIN images i ON i.id = v.image_id"
-                " WHERE v.model_version = %s AND v.scored_at >= %s AND (%s::timestamptz IS NULL OR"
-                " v.scored_at < %s) ORDER BY v.scored_at",
-                (version, since, until, until),
-            )
-            rows = cur.fetchall()
-    finally:
-        conn.close()
+    with transaction(stack.pg) as cur:
+        cur.execute(
+            "SELECT v.image_id, i.ref, i.source FROM verdicts v LEFT JOIN images i ON i.id = v.image_id"
+            " WHERE v.model_version = %s AND v.scored_at >= %s AND (%s::timestamptz IS NULL OR"
+            " v.scored_at < %s) ORDER BY v.scored_at",
+            (version, since, until, until),
+        )
+        rows = cur.fetchall()
     producer = make_producer(stack.kafka)
     todo = [
         ImageSubmitted(

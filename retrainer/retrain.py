@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ingest.contracts import ImageSubmitted, utcnow
-from ingest.db import connect
+from ingest.db import transaction
 from ingest.decode import decode_image, to_rgb_array
 from ingest.fetch import Fetcher
 from ingest.settings import StackSettings
@@ -105,13 +105,9 @@ def gate(metrics: dict[str, Any], settings: GateSettings) -> tuple[bool, list[st
 
 def labels_cutoff(stack: StackSettings) -> datetime | None:
     """The newest ``received_at``: labels after it count towards the next run's trigger."""
-    conn = connect(stack.pg)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute("SELECT max(received_at) FROM feedback")
-            row = cur.fetchone()
-    finally:
-        conn.close()
+    with transaction(stack.pg) as cur:
+        cur.execute("SELECT max(received_at) FROM feedback")
+        row = cur.fetchone()
     return row[0] if row else None
 
 
@@ -119,13 +115,9 @@ def fetch_feedback_images(
     stack: StackSettings, settings: RetrainerSettings, labels: dict[str, int], fetcher: Fetcher
 ) -> FeedbackImages:
     """Fetch and decode every labelled image (scorer's decoding rules, 32x32 RGB)."""
-    conn = connect(stack.pg)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute("SELECT id, ref FROM images WHERE id = ANY(%s) ORDER BY id", (sorted(labels),))
-            refs = [(i, r) for i, r in cur.fetchall()]
-    finally:
-        conn.close()
+    with transaction(stack.pg) as cur:
+        cur.execute("SELECT id, ref FROM images WHERE id = ANY(%s) ORDER BY id", (sorted(labels),))
+        refs = [(i, r) for i, r in cur.fetchall()]
     ids: list[str] = []
     arrays: list[np.ndarray] = []
     unavailable = len(labels) - len(refs)

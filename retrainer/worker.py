@@ -21,7 +21,7 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ingest.db import connect
+from ingest.db import connect, transaction
 from ingest.fetch import Fetcher
 from ingest.metrics import new_registry, serve_metrics
 from ingest.settings import StackSettings, describe
@@ -99,30 +99,22 @@ def retrain_lock(stack: StackSettings) -> Iterator[None]:
 
 def last_run(stack: StackSettings) -> tuple[datetime | None, datetime | None]:
     """(time of the newest fine-tuned version, the label cutoff it trained up to)."""
-    conn = connect(stack.pg)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT created_at, (data->'feedback'->>'cutoff')::timestamptz FROM models"
-                " WHERE trigger IS DISTINCT FROM 'initial' ORDER BY created_at DESC LIMIT 1"
-            )
-            row = cur.fetchone()
-    finally:
-        conn.close()
+    with transaction(stack.pg) as cur:
+        cur.execute(
+            "SELECT created_at, (data->'feedback'->>'cutoff')::timestamptz FROM models"
+            " WHERE trigger IS DISTINCT FROM 'initial' ORDER BY created_at DESC LIMIT 1"
+        )
+        row = cur.fetchone()
     return (row[0], row[1]) if row else (None, None)
 
 
 def new_labels_since(stack: StackSettings, cutoff: datetime | None) -> int:
-    conn = connect(stack.pg)
-    try:
-        with conn, conn.cursor() as cur:
-            if cutoff is None:
-                cur.execute("SELECT count(*) FROM feedback")
-            else:
-                cur.execute("SELECT count(*) FROM feedback WHERE received_at > %s", (cutoff,))
-            row = cur.fetchone()
-    finally:
-        conn.close()
+    with transaction(stack.pg) as cur:
+        if cutoff is None:
+            cur.execute("SELECT count(*) FROM feedback")
+        else:
+            cur.execute("SELECT count(*) FROM feedback WHERE received_at > %s", (cutoff,))
+        row = cur.fetchone()
     return int(row[0]) if row else 0
 
 

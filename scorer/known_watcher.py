@@ -24,7 +24,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ingest.contracts import KnownContentUpdate, decode, utcnow
-from ingest.db import connect
+from ingest.db import transaction
 from ingest.errors import InvalidMessage
 from ingest.settings import KafkaSettings, PostgresSettings
 from ingest.topics import KNOWN_CONTENT_UPDATES
@@ -123,12 +123,8 @@ class KnownContentWatcher(TopicFollower):
             consumer.assign([tp])
             end = consumer.end_offsets([tp])[tp]  # noted before the table is read: nothing falls between
             # On a reconnect the table is read again: updates missed while disconnected are in it.
-            conn = connect(self.pg)
-            try:
-                with conn, conn.cursor() as cur:
-                    entries = load_entries(cur, active_only=not self._ready.is_set())
-            finally:
-                conn.close()
+            with transaction(self.pg) as cur:
+                entries = load_entries(cur, active_only=not self._ready.is_set())
             self.index.apply(to_entry(u) for u in entries)
             consumer.seek(tp, end)
         except Exception:

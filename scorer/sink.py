@@ -6,20 +6,16 @@ scored again by the same model version, changes nothing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-import psycopg2
-import psycopg2.extensions
 from psycopg2.extras import execute_values
 
 from ingest.contracts import Verdict
-from ingest.db import connect
-from ingest.errors import TransientError
+from ingest.db import Database
 from ingest.settings import PostgresSettings
 
 logger = logging.getLogger(__name__)
@@ -56,34 +52,21 @@ class VerdictSink(Protocol):
 
 
 class PostgresVerdictSink:
-    """Keeps one connection; a broken connection becomes a ``TransientError`` and is reopened next time."""
+    """One transaction per batch on a reused connection (``ingest.db.Database``): a broken connection is
+    dropped and becomes a ``TransientError``, and the next batch opens a new one."""
 
     def __init__(self, pg: PostgresSettings) -> None:
-        self.pg = pg
-        self._conn: psycopg2.extensions.connection | None = None
-
-    def _connection(self) -> psycopg2.extensions.connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self.pg)
-        return self._conn
+        self.db = Database(pg)
 
     def write(self, images: list[ImageRow], verdicts: list[Verdict]) -> None:
-        try:
-            conn = self._connection()
-            with conn, conn.cursor() as cur:  # commits on success, rolls back on error
-                if images:
-                    execute_values(cur, INSERT_IMAGES, [_image_values(i) for i in images])
-                if verdicts:
-                    execute_values(cur, INSERT_VERDICTS, [_verdict_values(v) for v in verdicts])
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
-            self.close()
-            raise TransientError(f"PostgreSQL unavailable: {e}".strip()) from e
+        with self.db.cursor() as cur:
+            if images:
+                execute_values(cur, INSERT_IMAGES, [_image_values(i) for i in images])
+            if verdicts:
+                execute_values(cur, INSERT_VERDICTS, [_verdict_values(v) for v in verdicts])
 
     def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg2.Error):
-                self._conn.close()
-            self._conn = None
+        self.db.close()
 
 
 def _image_values(i: ImageRow) -> tuple[Any, ...]:

@@ -31,14 +31,14 @@ from kafka.errors import KafkaError
 from pydantic import SecretStr
 
 import scorer.service
-from ingest.db import OneConnection, connect
+from harness.wait import wait_until
+from ingest.db import Database, connect
 from ingest.intake import Intake, IntakeSettings
 from ingest.kafka import make_admin, make_producer
 from ingest.service import Service
 from ingest.settings import KafkaSettings, PostgresSettings, S3Settings, StackSettings
 from ingest.storage import S3Store
 from ingest.topics import IMAGES_SUBMITTED
-from tests.kafka_helpers import wait_until
 from tests.private_stack import free_ports
 from tests.scorer_helpers import (
     ScorerThread,
@@ -257,8 +257,8 @@ def _submit_through_a_broker_loss(cluster: PrivateStack, stack: StackSettings, v
     while `deploy/stack up` brings it back."""
     images = [jpeg(80_000 + i) for i in range(N_IMAGES)]
     producer = make_producer(stack.kafka)
-    connection = OneConnection(stack.pg)
-    intake = Intake(IntakeSettings(metrics_port=None), S3Store(stack.s3), producer, connection)
+    db = Database(stack.pg)
+    intake = Intake(IntakeSettings(metrics_port=None), S3Store(stack.s3), producer, db.connection)
 
     def submit(data: bytes, phase: str) -> None:
         started = time.monotonic()
@@ -295,7 +295,7 @@ def _submit_through_a_broker_loss(cluster: PrivateStack, stack: StackSettings, v
         run.mark("restarted")
     finally:
         producer.close(timeout=10)
-        connection.close()
+        db.close()
         if restart is not None and restart.poll() is None:  # failed mid-restart: let `up` end before reset
             restart.communicate(timeout=COMMAND_TIMEOUT_S)
     assert len(set(run.ids)) == N_IMAGES

@@ -26,7 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ingest.api import images, review
 from ingest.api.sessions import SessionSigner
-from ingest.api.state import AppState, HttpMetrics, Pool, error_body
+from ingest.api.state import AppState, HttpMetrics, error_body
+from ingest.db import Database
 from ingest.errors import classify
 from ingest.intake import Intake, IntakeSettings
 from ingest.kafka import make_producer
@@ -46,7 +47,7 @@ def create_app(
     registry = registry or new_registry()
     store = S3Store(stack.s3)
     producer = make_producer(stack.kafka, max_block_ms=10_000)
-    pool = Pool(stack.pg.dsn.get_secret_value(), settings.db_pool_max)
+    db = Database(stack.pg, settings.db_pool_max)
     if settings.session_secret is None:
         logger.warning("no CIFAKE_INTAKE_SESSION_SECRET: console sessions end when this process restarts")
     secret = settings.session_secret.get_secret_value().encode() if settings.session_secret else None
@@ -55,8 +56,8 @@ def create_app(
         settings=settings,
         store=store,
         producer=producer,
-        pool=pool,
-        intake=Intake(settings, store, producer, pool.connection),
+        db=db,
+        intake=Intake(settings, store, producer, db.connection),
         signer=SessionSigner(secret or secrets.token_bytes(32), settings.session_ttl_s),
         registry=registry,
         metrics=HttpMetrics.create(registry),
@@ -66,7 +67,7 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         producer.close(timeout=10)
-        pool.close()
+        db.close()
 
     app = FastAPI(
         title="cifake-screen intake",
@@ -127,7 +128,7 @@ def _add_common_routes(app: FastAPI, st: AppState) -> None:
         def check() -> dict[str, str]:
             out: dict[str, str] = {}
             try:
-                with st.pool.connection() as conn, conn.cursor() as cur:
+                with st.db.connection() as conn, conn.cursor() as cur:
                     cur.execute("SELECT 1")
                 out["postgres"] = "ok"
             except Exception as e:

@@ -93,7 +93,7 @@ async def require_api_key(request: Request, key: Annotated[str | None, Depends(a
         raise ApiError(401, "missing_api_key", "send a key in the X-API-Key header")
 
     def check() -> ApiKey | None:
-        with st.pool.connection() as conn:
+        with st.db.connection() as conn:
             return verify_api_key(conn, key)
 
     found = await run_in_threadpool(check)
@@ -240,7 +240,7 @@ class ImageOut(BaseModel):
 
 
 def image_report(st: AppState, image_id: str) -> ImageOut | None:
-    with st.pool.connection() as conn, conn.cursor() as cur:
+    with st.db.connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT source, submitted_at FROM images WHERE id = %s", (image_id,))
         img = cur.fetchone()
         cur.execute(

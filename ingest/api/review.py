@@ -145,7 +145,7 @@ async def login(
     require_csrf(s, csrf)
 
     def check() -> bool:
-        with st.pool.connection() as conn:
+        with st.db.connection() as conn:
             return verify_moderator(conn, name[:64], password[:1024])
 
     if not await run_in_threadpool(check):
@@ -167,7 +167,7 @@ async def queue_page(request: Request, s: Mod, filters: QFilters) -> Response:
 
     def load() -> tuple[list[queries.QueueItem], list[str]]:
         assert s.moderator
-        with st.pool.connection() as conn:
+        with st.db.connection() as conn:
             items = queries.queue(
                 conn, s.moderator, filters, st.settings.review_page_size, st.settings.skip_hours * 3600
             )
@@ -191,7 +191,7 @@ async def next_item(request: Request, s: Mod, filters: QFilters) -> Response:
 
     def first() -> list[queries.QueueItem]:
         assert s.moderator
-        with st.pool.connection() as conn:
+        with st.db.connection() as conn:
             return queries.queue(conn, s.moderator, filters, 1, st.settings.skip_hours * 3600)
 
     items = await run_in_threadpool(first)
@@ -207,7 +207,7 @@ async def item_page(request: Request, s: Mod, image_id: ImageIdPath, filters: QF
 
     def load() -> tuple[queries.Item | None, list[queries.QueueItem]]:
         assert s.moderator
-        with st.pool.connection() as conn:
+        with st.db.connection() as conn:
             it = queries.item(conn, s.moderator, image_id, filters.model_version)
             upcoming = queries.queue(
                 conn, s.moderator, filters, 1, st.settings.skip_hours * 3600, exclude=image_id
@@ -252,7 +252,7 @@ async def label_item(
     mod = s.moderator
 
     def record() -> None:
-        with st.pool.connection() as conn:
+        with st.db.connection() as conn:
             if label == "skip":
                 queries.skip(conn, mod, image_id)
                 return
@@ -279,7 +279,7 @@ async def history_page(request: Request, s: Mod) -> Response:
 
     def load() -> list[tuple[Any, ...]]:
         assert s.moderator
-        with st.pool.connection() as conn:
+        with st.db.connection() as conn:
             return queries.history(conn, s.moderator, 500)
 
     return render(request, "history.html", session=s, rows=await run_in_threadpool(load))
@@ -290,7 +290,7 @@ async def models_page(request: Request, s: Mod) -> Response:
     st = state(request)
 
     def load() -> list[dict[str, Any]]:
-        with st.pool.connection() as conn:
+        with st.db.connection() as conn:
             return queries.models(conn)
 
     return render(request, "models.html", session=s, models=await run_in_threadpool(load))
@@ -302,7 +302,7 @@ async def image_png(request: Request, image_id: ImageIdPath, s: Mod) -> Response
     st = state(request)
 
     def load() -> bytes | None:
-        with st.pool.connection() as conn:
+        with st.db.connection() as conn:
             ref = queries.image_ref(conn, image_id) or f"s3://{st.settings.images_bucket}/{image_id}"
         try:
             bucket, key = parse_s3_ref(ref)
@@ -334,7 +334,7 @@ async def overlay_png(
     st = state(request)
 
     def load() -> bytes | None:
-        with st.pool.connection() as conn:
+        with st.db.connection() as conn:
             keys = queries.explanation_keys(conn, image_id, model_version, method)
         if kind not in keys:
             return None

@@ -1,55 +1,21 @@
-"""What every route of the intake API shares: the application state, its PostgreSQL pool, its metrics and
-the error body. Its own module so that the routers (``images``, ``review``) and ``app`` do not import each
-other."""
+"""What every route of the intake API shares: the application state, its PostgreSQL pool
+(``ingest.db.Database``), its metrics and the error body. Its own module so that the routers (``images``,
+``review``) and ``app`` do not import each other."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-import psycopg2
-import psycopg2.extensions
-import psycopg2.pool
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ingest.api.sessions import SessionSigner
+from ingest.db import Database
 from ingest.intake import Intake, IntakeSettings
 from ingest.settings import StackSettings
 from ingest.storage import S3Store
-
-
-class Pool:
-    """A bounded PostgreSQL pool: ``with pool.connection() as conn`` commits on success, rolls back on error,
-    and drops a connection that failed at the connection level. Callers wait for a free connection."""
-
-    def __init__(self, dsn: str, size: int) -> None:
-        self._pool = psycopg2.pool.ThreadedConnectionPool(0, size, dsn, connect_timeout=5)
-        self._slots = threading.BoundedSemaphore(size)
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg2.extensions.connection]:
-        with self._slots:
-            conn = self._pool.getconn()
-            broken = False
-            try:
-                yield conn
-                conn.commit()
-            except (psycopg2.OperationalError, psycopg2.InterfaceError):
-                broken = True
-                raise
-            except BaseException:
-                conn.rollback()
-                raise
-            finally:
-                self._pool.putconn(conn, close=broken or bool(conn.closed))
-
-    def close(self) -> None:
-        self._pool.closeall()
 
 
 @dataclass
@@ -89,7 +55,7 @@ class AppState:
     settings: IntakeSettings
     store: S3Store
     producer: KafkaProducer
-    pool: Pool
+    db: Database
     intake: Intake
     signer: SessionSigner
     registry: CollectorRegistry
