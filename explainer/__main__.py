@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
-from typing import TypeAlias
 
+from ingest import cli
+from ingest.cli import Command, Handler, SubParsers
 from ingest.memory import limit_malloc_arenas
 
-Handler: TypeAlias = Callable[[argparse.Namespace], int]
-SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 logger = logging.getLogger("explainer")
 
 
@@ -45,30 +43,17 @@ def _add_score(sub: SubParsers) -> Handler:
     return run
 
 
-COMMANDS: list[Callable[[SubParsers], Handler]] = [
+COMMANDS: list[Command] = [
     _add_run,
     _add_score,
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m explainer", description="CIFAKE Grad-CAM explainer")
-    parser.add_argument("--log-level", default="INFO")
-    sub = parser.add_subparsers(dest="command", required=True)
-    handlers: dict[str, Handler] = {}
-    for add in COMMANDS:
-        before = set(sub.choices)
-        handler = add(sub)
-        for name in set(sub.choices) - before:
-            handlers[name] = handler
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    # Arenas are capped before the fetch and decode threads start: see ingest/memory.py.
+    return cli.main(
+        "python -m explainer", "CIFAKE Grad-CAM explainer", COMMANDS, argv, before=limit_malloc_arenas
     )
-    limit_malloc_arenas()  # before the fetch and decode threads start: see ingest/memory.py
-    return handlers[args.command](args)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from explainer.cam import METHODS, Method, TargetSpec
 from explainer.handler import ExplainerMetrics, ExplainHandler, Policy
 from explainer.models import ModelCache, load_registered
 from explainer.sink import BUCKET, PostgresExplanationSink
+from ingest import cli
 from ingest.decode import DecodeLimits
 from ingest.fetch import Fetcher, FetchSettings
 from ingest.loop import RunStats
@@ -144,29 +145,20 @@ def add_run_command(
     p.add_argument("--idle-timeout", type=float, help="stop after this many seconds without records")
 
     def run(args: argparse.Namespace) -> int:
-        overrides = {
-            k: v
-            for k, v in {
-                "weights": args.weights,
-                "device": args.device,
-                "metrics_port": args.metrics_port,
-                "group_id": args.group,
-                "input_topic": args.topic,
-                "output_topic": args.output_topic,
-                "policy": args.policy,
-                "methods": args.method,
-                "max_batch": args.max_batch,
-            }.items()
-            if v is not None
-        }
-        stats = run_explainer(
-            load(StackSettings), load(ExplainerSettings, **overrides), args.max_records, args.idle_timeout
+        settings = cli.settings_from(
+            ExplainerSettings,
+            args,
+            weights="weights",
+            device="device",
+            metrics_port="metrics_port",
+            group="group_id",
+            topic="input_topic",
+            output_topic="output_topic",
+            policy="policy",
+            method="methods",
+            max_batch="max_batch",
         )
-        print(
-            f'{{"stopped_by": "{stats.stopped_by}", "processed": {stats.processed}, '
-            f'"dead_lettered": {stats.dead_lettered}}}',
-            flush=True,
-        )
-        return 0
+        stats = run_explainer(load(StackSettings), settings, args.max_records, args.idle_timeout)
+        return cli.print_result(stats.summary())
 
     return run

@@ -54,9 +54,11 @@ from kafka.admin import NewTopic
 
 from harness.churn import write_atomically
 from harness.churn_load import BUCKET, delete_group, noise_pngs, upload
-from harness.churn_observe import end_offsets, model_versions, verdict_rows, wait_for
+from harness.churn_observe import end_offsets, model_versions, verdict_rows
 from harness.machine import machine_info
+from harness.wait import wait_until
 from ingest.batch import Batch
+from ingest.cli import configure_logging
 from ingest.contracts import ImageSubmitted, encode, utcnow
 from ingest.decode import DecodeLimits
 from ingest.dlq import Filters, redrive
@@ -125,9 +127,8 @@ def private_topic(stack: StackSettings, run_id: str, partitions: int) -> Iterato
     admin = make_admin(stack.kafka)
     try:
         admin.create_topics([NewTopic(name, partitions, 1), NewTopic(names[1], 1, 1)])
-        seen = wait_for(lambda: len(end_offsets(stack, name)) == partitions, 30, 0.2)
-        if not seen or not wait_for(lambda: len(end_offsets(stack, names[1])) == 1, 30, 0.2):
-            raise RuntimeError(f"topics {names} did not appear")
+        wait_until(lambda: len(end_offsets(stack, name)) == partitions, 30, f"topic {name}", 0.2)
+        wait_until(lambda: len(end_offsets(stack, names[1])) == 1, 30, f"topic {names[1]}", 0.2)
         yield name
     finally:
         with contextlib.suppress(Exception):  # a leftover private topic harms nothing
@@ -317,7 +318,13 @@ def run_bad_deploy(stack: StackSettings, config: BadDeployConfig) -> dict[str, A
         cleanup.callback(runner.shutdown)  # after loop.stop (LIFO): the loop is gone before its topic
         cleanup.callback(loop.stop)
         running = runner.submit(loop.run, max_records=config.n, idle_timeout=60.0)
-        opened = wait_for(lambda: bench.sample("circuit_open") == 1.0, config.open_timeout_s, 0.05)
+        try:
+            wait_until(
+                lambda: bench.sample("circuit_open") == 1.0, config.open_timeout_s, "the breaker", 0.05
+            )
+            opened = True
+        except TimeoutError:
+            opened = False
         lap("until_open")
         if not opened:
             loop.stop()
@@ -410,8 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, help="image seed (default: random)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format=fmt)
+    configure_logging(args.log_level)
     logging.getLogger("kafka").setLevel(logging.WARNING)
     config = BadDeployConfig(n=args.n, hold_s=args.hold, seed=args.seed)
     result = run_bad_deploy(load(StackSettings), config)

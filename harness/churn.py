@@ -67,10 +67,11 @@ from harness.churn_observe import (
     evaluate,
     start_group_at_end,
     verdict_rows,
-    wait_for,
 )
 from harness.churn_scorers import KILL_PATTERN, Churner, ScorerPool, ScorerSpec
 from harness.machine import machine_info
+from harness.wait import wait_until
+from ingest.cli import configure_logging
 from ingest.settings import StackSettings, env_file, load
 from ingest.topics import IMAGES_VERDICTS, dlq_topic
 
@@ -226,10 +227,10 @@ def _churn(
         pool.refresh()
         return any(p.joined for p in pool.procs)
 
-    if not wait_for(someone_joined, config.join_timeout_s):
-        raise TimeoutError(
-            f"no scorer joined the group in {config.join_timeout_s:.0f}s; logs in {pool.spec.log_dir}"
-        )
+    try:
+        wait_until(someone_joined, config.join_timeout_s, "a scorer to join the group", 0.5)
+    except TimeoutError as e:
+        raise TimeoutError(f"{e}; logs in {pool.spec.log_dir}") from None
     joined_s = time.monotonic() - t0
     publisher = Publisher(stack, topic, ids, config.images / config.duration_s, f"churn-{pool.spec.run_id}")
     publisher.start()
@@ -244,7 +245,9 @@ def _churn(
     churn_s = time.monotonic() - churn_start
     ends = {tp.partition: o for tp, o in end_offsets(stack, topic).items()}
     drain_start = time.monotonic()
-    if not wait_for(lambda: _drained(pool, sampler, ends), config.drain_timeout_s):
+    try:
+        wait_until(lambda: _drained(pool, sampler, ends), config.drain_timeout_s, "the drain", 0.5)
+    except TimeoutError:
         logger.error("not drained after %.0fs; checking what there is", config.drain_timeout_s)
     return {
         "first_join_s": round(joined_s, 1),
@@ -307,11 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-dir", type=Path, help="scorer logs (default: a new temp dir, kept)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level)
     logging.getLogger("kafka").setLevel(logging.WARNING)
     if args.scorers < 2:
         p.error("--scorers must be at least 2")

@@ -10,7 +10,6 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,18 +23,6 @@ from ingest.settings import StackSettings
 from ingest.topics import IMAGES_VERDICTS, dlq_topic
 
 logger = logging.getLogger(__name__)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
-    """Poll ``predicate`` until it holds (True) or ``timeout`` seconds pass (False)."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        pause.wait(interval)
 
 
 def end_offsets(stack: StackSettings, topic: str) -> dict[TopicPartition, int]:

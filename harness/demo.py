@@ -20,17 +20,17 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import zipfile
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from harness.wait import wait_until
+from ingest.cli import configure_logging
 from ingest.contracts import ImageSubmitted, encode, utcnow
 from ingest.db import connect
 from ingest.kafka import make_producer
@@ -90,15 +90,6 @@ def generated_images(n: int, seed: int) -> list[bytes]:
     return out
 
 
-def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not pred():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"demo: timed out waiting for {what}")
-        pause.wait(0.2)
-
-
 def run_demo(args: argparse.Namespace) -> int:
     # The demo is read by a person: kafka-python's connection chatter (INFO) would bury its lines.
     logging.getLogger("kafka").setLevel(logging.WARNING)
@@ -122,7 +113,9 @@ def run_demo(args: argparse.Namespace) -> int:
         scorer = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     metrics_url = f"http://127.0.0.1:{args.metrics_port}/metrics"
     try:
-        _wait(lambda: _reachable(metrics_url) or scorer.poll() is not None, 120, "the scorer to start")
+        wait_until(
+            lambda: _reachable(metrics_url) or scorer.poll() is not None, 120, "the scorer to start", 0.2
+        )
         if scorer.poll() is not None:
             raise SystemExit(f"demo: the scorer exited; see {log_path}")
         print(
@@ -144,9 +137,9 @@ def run_demo(args: argparse.Namespace) -> int:
         producer.flush(timeout=60)
         producer.close()
         print(f"demo: submitted {len(ids)} references to {IMAGES_SUBMITTED}", flush=True)
-        t0 = time.monotonic()
-        _wait(lambda: len(_verdicts(stack, list(ids))) >= len(ids), args.timeout, "all verdicts")
-        elapsed = time.monotonic() - t0
+        elapsed = wait_until(
+            lambda: len(_verdicts(stack, list(ids))) >= len(ids), args.timeout, "all verdicts", 0.2
+        )
         rows = _verdicts(stack, list(ids))
         _print_table(rows, ids, args.show)
         print(f"demo: {len(rows)} verdicts in {elapsed:.1f}s", flush=True)
@@ -154,7 +147,7 @@ def run_demo(args: argparse.Namespace) -> int:
         if not args.no_known:
             from harness.demo_known import run_known_act
 
-            run_known_act(stack, rows, ids, metrics_url, _wait, log_path.parent)
+            run_known_act(stack, rows, ids, metrics_url, log_path.parent)
     finally:
         if scorer.poll() is None:
             scorer.send_signal(signal.SIGTERM)
@@ -244,9 +237,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=args.log_level.upper(), format=fmt, stream=sys.stderr)
-    return run_demo(args)
+    configure_logging(args.log_level)
+    try:
+        return run_demo(args)
+    except TimeoutError as e:  # a person reads this: one line, not a traceback
+        raise SystemExit(f"demo: {e}") from None
 
 
 if __name__ == "__main__":

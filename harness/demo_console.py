@@ -8,15 +8,15 @@ console's URL and the credentials.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from harness.wait import wait_until
 from ingest.accounts import generate_password, set_moderator
 from ingest.db import connect
 from ingest.intake import IntakeSettings
@@ -68,13 +68,11 @@ def start_detached(settings: IntakeSettings, timeout: float = 90.0) -> tuple[int
         tmp = pid_file.with_name(pid_file.name + ".tmp")
         tmp.write_text(f"{pid}\n")
         tmp.replace(pid_file)
-        deadline = time.monotonic() + timeout
-        pause = threading.Event()
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log_file.read_text(errors="replace").splitlines()[-20:]
-                raise SystemExit("demo-console: the intake did not start:\n" + "\n".join(tail))
-            pause.wait(0.25)
+        with contextlib.suppress(TimeoutError):  # the log's tail below says more than the timeout
+            wait_until(lambda: proc.poll() is not None or _healthy(url), timeout, "the intake", 0.25)
+        if not _healthy(url):
+            tail = log_file.read_text(errors="replace").splitlines()[-20:]
+            raise SystemExit("demo-console: the intake did not start:\n" + "\n".join(tail))
     return pid, url
 
 
@@ -95,8 +93,8 @@ def run_demo_console(stack: StackSettings, settings: IntakeSettings, name: str) 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    from ingest.cli import configure_logging
     from ingest.intake import IntakeSettings
-    from ingest.service import configure_logging
     from ingest.settings import StackSettings, load
 
     p = argparse.ArgumentParser(

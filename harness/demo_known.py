@@ -17,11 +17,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
+from harness.wait import wait_until
 from ingest.contracts import Feedback, ImageSubmitted, encode, utcnow
 from ingest.db import connect
 from ingest.kafka import make_producer
@@ -32,7 +32,6 @@ from ingest.topics import IMAGES_SUBMITTED, MODERATION_FEEDBACK
 
 ROOT = Path(__file__).resolve().parents[1]
 _APPLIED = re.compile(r'^scorer_known_content_updates_total\{outcome="(applied|loaded)"\} ([0-9.e+]+)$', re.M)
-Wait = Callable[[Callable[[], bool], float, str], None]
 
 
 def pick(rows: list[tuple[str, str, float, str]], truth: dict[str, str | None]) -> tuple[str, str]:
@@ -70,7 +69,6 @@ def run_known_act(
     rows: list[tuple[str, str, float, str]],
     samples: dict[str, tuple[str, bytes, str | None]],
     metrics_url: str,
-    wait: Wait,
     log_dir: Path,
 ) -> None:
     hashable = _hashable(stack, [r[0] for r in rows])
@@ -93,7 +91,7 @@ def run_known_act(
         producer.close()
     t0 = time.monotonic()
     _run_feedback_consumer(log_dir / "demo-retrainer.log")
-    wait(lambda: _applied(metrics_url) > before, 60, "the label to reach the scorer")
+    wait_until(lambda: _applied(metrics_url) > before, 60, "the label to reach the scorer", 0.2)
     reached = time.monotonic() - t0
     new = reupload(data)
     key = hashlib.sha256(new).hexdigest()
@@ -105,7 +103,7 @@ def run_known_act(
         producer.send(IMAGES_SUBMITTED, key=again.encode(), value=encode(msg)).get(timeout=30)
     finally:
         producer.close()
-    wait(lambda: _verdict(stack, again) is not None, 60, "the re-upload's verdict")
+    wait_until(lambda: _verdict(stack, again) is not None, 60, "the re-upload's verdict", 0.2)
     verdict = _verdict(stack, again)
     assert verdict is not None
     v_label, p_fake, signals = verdict

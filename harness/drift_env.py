@@ -7,7 +7,6 @@ import hashlib
 import io
 import logging
 import os
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -18,6 +17,7 @@ from psycopg2 import sql
 from pydantic import SecretStr
 
 from deploy.provision import apply_migrations, discover_migrations
+from harness.wait import wait_until
 from ingest.contracts import Feedback, ImageSubmitted, encode, utcnow
 from ingest.db import connect
 from ingest.errors import is_transient
@@ -96,21 +96,20 @@ def png(image: np.ndarray) -> bytes:
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
-    """Poll ``predicate`` until it holds. A transient failure of the stack while polling (a connection
-    refused or timed out on a loaded machine) counts as "not yet": the experiment outlives it, and only
-    the deadline ends it."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """``harness.wait.wait_until``, except that a transient failure of the stack while polling (a
+    connection refused or timed out on a loaded machine) counts as "not yet": the experiment outlives it,
+    and only the deadline ends it."""
+
+    def polled() -> bool:
         try:
-            if predicate():
-                return
+            return predicate()
         except Exception as e:
             if not is_transient(e):
                 raise
             logger.warning("drift-bench: %s while waiting for %s; polling on", type(e).__name__, what)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"drift-bench: timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+            return False
+
+    wait_until(polled, timeout, what, interval)
 
 
 class Stream:

@@ -14,12 +14,12 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
-Handler: TypeAlias = Callable[[argparse.Namespace], int]
-SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+from ingest import cli
+from ingest.cli import Command, Handler, SubParsers
+
 METHOD_CHOICES = ["gradcam", "hirescam", "layercam"]
 
 logger = logging.getLogger("explainer")
@@ -94,8 +94,7 @@ def _add_faithfulness(sub: SubParsers) -> Handler:
             Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
             plot(report, args.plot)
         areas = {c: r["areas"] for c, r in report["by_config"].items()}
-        print(json.dumps({"out": args.out, "plot": args.plot, "n": report["n"], "areas": areas}))
-        return 0
+        return cli.print_result({"out": args.out, "plot": args.plot, "n": report["n"], "areas": areas})
 
     return run
 
@@ -131,8 +130,7 @@ def _add_evidence(sub: SubParsers) -> Handler:
             Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
             plot(report, args.plot, ds.category_names)
         brief = {k: report[k] for k in ("n", "border_area_share", "overall", "by_class")}
-        print(json.dumps({"out": args.out, "plot": args.plot, **brief}))
-        return 0
+        return cli.print_result({"out": args.out, "plot": args.plot, **brief})
 
     return run
 
@@ -152,8 +150,7 @@ def _add_bench(sub: SubParsers) -> Handler:
         result = bench(_load(args), args.method, args.batch, args.min_time, args.rounds)
         if args.out:
             _write_json(args.out, result)
-        print(json.dumps(result), flush=True)
-        return 0
+        return cli.print_result(result)
 
     return run
 
@@ -178,13 +175,12 @@ def _add_gallery(sub: SubParsers) -> Handler:
         info = gallery(
             model, ds.images, ds.labels, args.out, args.method, args.n_fake, args.n_real, args.seed
         )
-        print(json.dumps(info))
-        return 0
+        return cli.print_result(info)
 
     return run
 
 
-COMMANDS: list[Callable[[SubParsers], Handler]] = [
+COMMANDS: list[Command] = [
     _add_faithfulness,
     _add_evidence,
     _add_bench,
@@ -193,24 +189,7 @@ COMMANDS: list[Callable[[SubParsers], Handler]] = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m harness.explainer_studies", description="the explainer's offline studies"
-    )
-    parser.add_argument("--log-level", default="INFO")
-    sub = parser.add_subparsers(dest="command", required=True)
-    handlers: dict[str, Handler] = {}
-    for add in COMMANDS:
-        before = set(sub.choices)
-        handler = add(sub)
-        for name in set(sub.choices) - before:
-            handlers[name] = handler
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    return handlers[args.command](args)
+    return cli.main("python -m harness.explainer_studies", "the explainer's offline studies", COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Writes ``label_latency[_busy].json`` and prints it as one line.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -37,6 +38,7 @@ from psycopg2 import sql
 
 from deploy.provision import apply_migrations, discover_migrations
 from harness.machine import machine_info
+from harness.wait import wait_until
 from ingest.contracts import Feedback, ImageSubmitted, encode, utcnow
 from ingest.kafka import make_admin, make_producer
 from ingest.settings import StackSettings, load
@@ -113,20 +115,15 @@ def _seed_images(dsn: str, ids: list[str], seed: int) -> None:
             )
 
 
+def _ready(url: str) -> bool:
+    return _metric(url, _READY) == 1.0
+
+
 def _count_verdicts(dsn: str) -> int:
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM verdicts")
         row = cur.fetchone()
         return int(row[0]) if row else 0
-
-
-def _wait(pred: Any, timeout: float, what: str, interval: float = 0.01) -> float:
-    t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > timeout:
-            raise SystemExit(f"label_latency_bench: timed out waiting for {what}")
-        time.sleep(interval)
-    return time.monotonic() - t0
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -187,7 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         urls = [f"http://127.0.0.1:{p}/metrics" for p in ports]
         with processes(cmds):
             for u in urls:
-                _wait(lambda u=u: _metric(u, _READY) == 1.0, 180, f"{u} to load its lists", 0.2)
+                wait_until(functools.partial(_ready, u), 180, f"{u} to load its lists", 0.2)
             producer = make_producer(stack.kafka, linger_ms=0)
             if args.backlog:
                 _queue_backlog(stack, producer, inp, args.backlog, tag)
@@ -264,7 +261,11 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backlog", type=int, default=0, help="images queued for the scorers before the labels")
     p.add_argument("--out", default="benchmarks/known_content")
-    print(json.dumps(run(p.parse_args())), flush=True)
+    try:
+        result = run(p.parse_args())
+    except TimeoutError as e:
+        raise SystemExit(f"label_latency_bench: {e}") from None
+    print(json.dumps(result), flush=True)
     return 0
 
 

@@ -7,11 +7,10 @@ arguments and picks one, so that neither imports the other's entry point.
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
 from harness.pipeline_bench import add_bench_arguments, run_bench
 from harness.soak import add_soak_arguments, run_soak
+from ingest.cli import configure_logging
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,11 +26,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level)
     return run_soak(args) if args.soak else run_bench(args)
 
 

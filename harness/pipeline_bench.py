@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from kafka.admin import NewTopic
 
 from harness.cpu_meter import CpuMeter, stack_services
 from harness.demo import generated_images
+from harness.wait import wait_until
 from ingest.contracts import ImageSubmitted, encode, utcnow
 from ingest.db import connect
 from ingest.errors import PermanentError
@@ -257,21 +257,24 @@ class Bench:
         procs = [self.start_scorer(group, max_batch, threads) for _ in range(scorers)]
         # Wait until every scorer has joined (after its warm-up), or the first would drain the backlog
         # alone, and the CPU it spent starting would count against the images.
-        self._wait_for(lambda: self._stable_members(group) >= scorers, 120, f"{scorers} group members")
+        wait_until(lambda: self._stable_members(group) >= scorers, 120, f"{scorers} group members")
         meter = CpuMeter({"scorer": [p.pid for p in procs], **stack_services()})
         meter.start()
         own = time.process_time()
         self.publish(phase, keys, n)
-        deadline = time.monotonic() + self.args.timeout
-        pause = threading.Event()
+
+        def all_scored() -> bool:
+            if self.verdict_stats(phase)[0] >= n:
+                return True
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"phase {phase}: a scorer exited early")
+            return False
+
         try:
-            while (done := self.verdict_stats(phase)[0]) < n:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"phase {phase}: only {done}/{n} verdicts after {self.args.timeout}s")
-                if any(p.poll() is not None for p in procs):
-                    raise RuntimeError(f"phase {phase}: a scorer exited early")
-                pause.wait(0.2)
+            wait_until(all_scored, self.args.timeout, f"{n} verdicts in phase {phase}", 0.2)
             cpu = {**meter.stop(), "bench": time.process_time() - own}
+        except TimeoutError as e:
+            raise TimeoutError(f"{e} (got {self.verdict_stats(phase)[0]})") from None
         finally:
             split = self.stop(procs)
         n_rows, lo, hi, first = self.verdict_stats(phase)
@@ -308,24 +311,15 @@ class Bench:
         got = collector.got
         try:
             warm = self.publish("W", keys, 20)  # wait until the scorer has joined and scored something
-            self._wait_for(lambda: all(i in got for i in warm), 120, "warm-up verdicts")
+            wait_until(lambda: all(i in got for i in warm), 120, "warm-up verdicts")
             offered = self.paced(f"{prefix}R-", keys, rate, int(rate * duration), sent)
-            self._wait_for(lambda: all(i in got for i in sent), 120, "fixed-rate verdicts")
+            wait_until(lambda: all(i in got for i in sent), 120, "fixed-rate verdicts")
         finally:
             collector.close()
             self.stop([proc])
         lat = np.array([(got[i] - sent[i]) * 1e3 for i in sent])
         p50, p95, p99 = (float(np.percentile(lat, q)) for q in (50, 95, 99))
         return {"rate": round(offered, 1), "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "latency_n": len(lat)}
-
-    @staticmethod
-    def _wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        pause = threading.Event()
-        while not pred():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"timed out waiting for {what}")
-            pause.wait(0.05)
 
 
 def raw_model(weights: str, device: str) -> dict[str, Any]:

@@ -37,6 +37,7 @@ import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
 from harness.pipeline_bench import Bench, VerdictCollector, prepare_images, upload, write_result
+from harness.wait import wait_until
 from ingest.kafka import make_admin
 from ingest.settings import StackSettings, load
 from ingest.storage import S3Store
@@ -123,7 +124,7 @@ def soak(
         # Warm-up: a burst of full batches, so the model, the pools and the allocator have seen the largest
         # batch before the baseline; RSS growth after it is what the soak looks for.
         warm = bench.publish("S", keys, 2 * MAX_BATCH)
-        bench._wait_for(lambda: all(i in got for i in warm), 300, "warm-up verdicts")
+        wait_until(lambda: all(i in got for i in warm), 300, "warm-up verdicts")
         n = int(rate * seconds)
         # The load goes through the 20 ms-linger producer: the bench shares the cores with what it measures,
         # and kafka-python spends ~1 CPU-ms per request, i.e. per message at 5 ms linger and these rates
@@ -175,8 +176,8 @@ def soak(
         publisher.join()
         drained = True
         try:
-            bench._wait_for(lambda: all(i in got for i in sent), 120, "the soak's verdicts")
-        except RuntimeError:
+            wait_until(lambda: all(i in got for i in sent), 120, "the soak's verdicts")
+        except TimeoutError:
             drained = False
     finally:
         collector.close()

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ingest.cli import configure_logging
 from retrainer.train import TrainConfig, train
 from scorer.bench import images_per_second
 from scorer.models import count_params
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--append", action="store_true", help="keep earlier rows in OUT/results.csv")
     p.add_argument("--rebench", action="store_true", help="only re-measure throughput of the rows in OUT")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("INFO")
     torch.set_num_threads(args.threads)
     if args.rebench:
         rows = read_rows(Path(args.out) / "results.csv")

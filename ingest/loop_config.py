@@ -57,3 +57,11 @@ class RunStats:
     batches: int = 0
     retries: int = 0
     stopped_by: str = ""
+
+    def summary(self) -> dict[str, object]:
+        """What a service's ``run`` command prints when the loop stops."""
+        return {
+            "stopped_by": self.stopped_by,
+            "processed": self.processed,
+            "dead_lettered": self.dead_lettered,
+        }

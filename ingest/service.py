@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,15 +15,6 @@ from ingest.metrics import LoopMetrics, new_registry, serve_metrics
 from ingest.settings import ServiceSettings, StackSettings, describe
 
 logger = logging.getLogger(__name__)
-
-
-def configure_logging(level: str = "INFO") -> None:
-    """Entry points call this once; library modules only ever create loggers."""
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 @dataclass

@@ -4,15 +4,15 @@ only place logging handlers are set."""
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 
-from retrainer.cli import SERVICE_COMMANDS, add_service_commands, run_service_command
+from ingest import cli
+from ingest.cli import Command, Handler, SubParsers
+from retrainer.cli import SERVICE_COMMANDS
 from scorer.models import list_models
 
 
-def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_train(sub: SubParsers) -> Handler:
     p = sub.add_parser("train", help="train a detector on a CIFAKE folder or zip")
     p.add_argument("--data", required=True, help="CIFAKE folder (train/REAL, train/FAKE) or the zip")
     p.add_argument("--arch", default="fastnet", choices=list_models())
@@ -54,33 +54,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--version", default=None, help="version string stored in the metadata")
     p.add_argument("--no-progress", action="store_true")
 
-
-def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("evaluate", help="metrics, figures and an HTML report for a weights file")
-    p.add_argument("--weights", default="default", help="weights file, or 'default' for the shipped model")
-    p.add_argument("--data", required=True, help="CIFAKE folder or zip")
-    p.add_argument("--split", choices=["val", "test"], default="val")
-    p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--robustness", action="store_true", help="also score perturbed copies")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=1024)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m retrainer", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
-    _add_evaluate(sub)
-    add_service_commands(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if args.command == "train":
+    def run(args: argparse.Namespace) -> int:
         from retrainer.train import TrainConfig, train
 
         cfg = TrainConfig(
@@ -114,13 +88,24 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
         result = train(cfg)
-        print(
-            json.dumps(
-                {"weights": str(result.weights), "wall_s": round(result.wall_s, 1), **result.meta.metrics}
-            )
-        )
-        return 0
-    if args.command == "evaluate":
+        wall_s = round(result.wall_s, 1)
+        return cli.print_result({"weights": str(result.weights), "wall_s": wall_s, **result.meta.metrics})
+
+    return run
+
+
+def _add_evaluate(sub: SubParsers) -> Handler:
+    p = sub.add_parser("evaluate", help="metrics, figures and an HTML report for a weights file")
+    p.add_argument("--weights", default="default", help="weights file, or 'default' for the shipped model")
+    p.add_argument("--data", required=True, help="CIFAKE folder or zip")
+    p.add_argument("--split", choices=["val", "test"], default="val")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--robustness", action="store_true", help="also score perturbed copies")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=1024)
+
+    def run(args: argparse.Namespace) -> int:
         from retrainer.evaluate import EvalConfig, evaluate
 
         report = evaluate(
@@ -136,12 +121,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         keys = ("accuracy", "auroc", "ece", "accuracy_dedup")
-        print(json.dumps({k: report[k] for k in keys} | {"out": args.out}))
-        return 0
-    if args.command in SERVICE_COMMANDS:
-        return run_service_command(args)
-    parser.error(f"unknown command {args.command}")
-    return 2
+        return cli.print_result({k: report[k] for k in keys} | {"out": args.out})
+
+    return run
+
+
+COMMANDS: list[Command] = [_add_train, _add_evaluate, *SERVICE_COMMANDS]
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main("python -m retrainer", __doc__, COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -7,16 +7,12 @@ Commands are argparse subcommands registered in ``COMMANDS``; other components a
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from collections.abc import Callable
-from typing import TypeAlias
 
+from ingest import cli
+from ingest.cli import Command, Handler, SubParsers
 from ingest.memory import limit_malloc_arenas
-
-Handler: TypeAlias = Callable[[argparse.Namespace], int]
-SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def _add_bench_model(sub: SubParsers) -> Handler:
@@ -41,8 +37,7 @@ def _add_bench_model(sub: SubParsers) -> Handler:
         model, meta = load_weights(args.weights, device=device)
         logging.getLogger(__name__).info("benchmarking %s (%s) on %s", meta.version, meta.arch, device)
         result = bench_model(model, device, meta.input_size, min_time=args.min_time)
-        print(json.dumps(result), flush=True)
-        return 0
+        return cli.print_result(result)
 
     return run
 
@@ -59,7 +54,7 @@ def _add_offline(sub: SubParsers) -> Handler:
     return add_score_command(sub)
 
 
-COMMANDS: list[Callable[[SubParsers], Handler]] = [
+COMMANDS: list[Command] = [
     _add_bench_model,
     _add_streaming,
     _add_offline,
@@ -67,23 +62,8 @@ COMMANDS: list[Callable[[SubParsers], Handler]] = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scorer", description="CIFAKE scorer")
-    parser.add_argument("--log-level", default="INFO")
-    sub = parser.add_subparsers(dest="command", required=True)
-    handlers: dict[str, Handler] = {}
-    for add in COMMANDS:
-        before = set(sub.choices)
-        handler = add(sub)
-        for name in set(sub.choices) - before:
-            handlers[name] = handler
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    limit_malloc_arenas()  # before the fetch and decode threads start: see ingest/memory.py
-    return handlers[args.command](args)
+    # Arenas are capped before the fetch and decode threads start: see ingest/memory.py.
+    return cli.main("python -m scorer", "CIFAKE scorer", COMMANDS, argv, before=limit_malloc_arenas)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from ingest import cli
 from ingest.decode import DecodeLimits
 from ingest.fetch import Fetcher, FetchSettings
 from ingest.loop import RunStats
@@ -180,26 +181,17 @@ def add_run_command(
     p.add_argument("--idle-timeout", type=float, help="stop after this many seconds without records")
 
     def run(args: argparse.Namespace) -> int:
-        overrides = {
-            k: v
-            for k, v in {
-                "weights": args.weights,
-                "device": args.device,
-                "metrics_port": args.metrics_port,
-                "group_id": args.group,
-                "input_topic": args.topic,
-                "max_batch": args.max_batch,
-            }.items()
-            if v is not None
-        }
-        stats = run_scorer(
-            load(StackSettings), load(ScorerSettings, **overrides), args.max_records, args.idle_timeout
+        settings = cli.settings_from(
+            ScorerSettings,
+            args,
+            weights="weights",
+            device="device",
+            metrics_port="metrics_port",
+            group="group_id",
+            topic="input_topic",
+            max_batch="max_batch",
         )
-        print(
-            f'{{"stopped_by": "{stats.stopped_by}", "processed": {stats.processed}, '
-            f'"dead_lettered": {stats.dead_lettered}}}',
-            flush=True,
-        )
-        return 0
+        stats = run_scorer(load(StackSettings), settings, args.max_records, args.idle_timeout)
+        return cli.print_result(stats.summary())
 
     return run

@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.wait import wait_until
 from ingest.db import connect
 from ingest.settings import StackSettings
 from ingest.storage import S3Store
@@ -74,7 +75,7 @@ from tests.chaos_outcome import (
     group_members,
     start_groups_at_end,
 )
-from tests.private_stack import PrivateStack, wait_for
+from tests.private_stack import PrivateStack
 
 logger = logging.getLogger("chaos")
 
@@ -216,7 +217,7 @@ class Run:
         """Wait (bounded) until ``probe`` grows, so the next kill hits a process with work in hand."""
         before = probe()
         try:
-            wait_for(lambda: probe() > before, 120, what, interval=0.2)
+            wait_until(lambda: probe() > before, 120, what, interval=0.2)
         except TimeoutError:
             logger.warning("no progress in %s before the fault; injecting it anyway", what)
 
@@ -227,7 +228,7 @@ class Run:
         the new process has joined and the dead one's session has expired. Faults happen in turn, so the
         next one never hits a process that is still starting."""
         try:
-            wait_for(
+            wait_until(
                 lambda: (
                     (m := group_members(self.settings, group)) is not None
                     and len(m) == expected
@@ -357,11 +358,17 @@ def chaos(stack: PrivateStack, args: argparse.Namespace) -> dict[str, Any]:
             "all %d published (%d resent); waiting for the drain", len(publisher.acked), publisher.resent
         )
         dlq = TopicReader(settings, since_dlq)
-        deadline = quiet + args.timeout
-        pause = threading.Event()
-        while not drained(settings, run.good, list(run.bad), dlq) and time.monotonic() < deadline:
-            run.supervise()
-            pause.wait(1.0)
+
+        def settled() -> bool:
+            if drained(settings, run.good, list(run.bad), dlq):
+                return True
+            run.supervise()  # restarts what died meanwhile
+            return False
+
+        try:
+            wait_until(settled, args.timeout, "every image's outcome", interval=1.0)
+        except TimeoutError as e:
+            logger.warning("%s; evaluating what there is", e)  # the result names what is missing
         drain_s = time.monotonic() - quiet
         verdict_msgs = TopicReader(settings, since_verdicts)
         explainer_dlq = TopicReader(settings, since_explainer_dlq)

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from harness.wait import wait_until
 from ingest.accounts import create_api_key
 from ingest.api.app import bind, create_app, make_server
 from ingest.db import connect
 from ingest.intake import IntakeSettings
 from ingest.settings import StackSettings
-from tests.kafka_helpers import wait_until
 
 
 def intake_settings(**kw: Any) -> IntakeSettings:

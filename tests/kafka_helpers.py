@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 
+from harness.wait import wait_until
 from ingest.kafka import make_admin, make_consumer, make_producer
 from ingest.loop import ConsumerLoop, Handler, LoopConfig
 from ingest.metrics import LoopMetrics
 from ingest.settings import StackSettings
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``predicate`` until it is true; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        pause.wait(interval)
 
 
 def kafka_reachable(stack: StackSettings) -> str | None:

@@ -12,8 +12,8 @@ import os
 import sys
 import threading
 
+from ingest.cli import configure_logging
 from ingest.loop import Batch
-from ingest.service import configure_logging
 from ingest.settings import StackSettings, load
 from tests.kafka_helpers import make_loop
 

@@ -15,14 +15,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import SecretStr
 
+from harness.wait import wait_until
 from ingest.settings import KafkaSettings, PostgresSettings, S3Settings, StackSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -232,15 +230,5 @@ class PrivateStack:
         if pid is None:
             raise RuntimeError(f"{service} of {self.state_dir} is not running")
         os.kill(pid, sig)
-        wait_for(lambda: not alive(pid), timeout, f"{service} (pid {pid}) to exit after {sig.name}")
+        wait_until(lambda: not alive(pid), timeout, f"{service} (pid {pid}) to exit after {sig.name}", 0.1)
         return pid
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
-    """Poll ``predicate`` until it is true; raise ``TimeoutError`` naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        pause.wait(interval)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from harness.cpu_meter import CpuMeter, stack_services, tree_cpu_seconds
-from tests.kafka_helpers import wait_until
+from harness.wait import wait_until
 
 # The grandchild burns 0.4 s of CPU, then waits on its stdin (inherited from the parent). The meter reads
 # /proc's tick-sampled utime + stime, which can fall a tick or two short of the precise clock the spin loop

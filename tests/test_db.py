@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from pydantic import SecretStr
 
+from harness.wait import wait_until
 from ingest.db import Database, transaction
 from ingest.errors import TransientError, classify
 from ingest.settings import PostgresSettings, StackSettings
@@ -42,9 +43,7 @@ def test_a_block_commits_when_it_ends_and_rolls_back_when_it_raises(db: Database
     assert _rows(iso.pg) == [1, 3]
 
 
-def test_a_killed_connection_is_transient_and_replaced(
-    db: Database, iso: StackSettings
-) -> None:
+def test_a_killed_connection_is_transient_and_replaced(db: Database, iso: StackSettings) -> None:
     with db.cursor() as cur:
         cur.execute("SELECT pg_backend_pid()")
         first_pid = cur.fetchone()[0]
@@ -96,7 +95,8 @@ def test_callers_beyond_the_pool_size_wait_for_a_free_connection(iso: StackSetti
     threads = [threading.Thread(target=use) for _ in range(5)]
     for t in threads:
         t.start()
-    time.sleep(0.5)  # every thread has reached the pool; two hold a connection, three wait
+    wait_until(lambda: inside == 2, 60, "two callers holding a connection")
+    time.sleep(0.5)  # time for the three others to get in, were the pool not bounded
     assert peak == 2
     release.set()
     for t in threads:

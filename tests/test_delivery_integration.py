@@ -10,12 +10,13 @@ from collections.abc import Iterator
 import pytest
 from kafka.admin import NewTopic
 
+from harness.wait import wait_until
 from ingest.contracts import DeadLetter, decode
 from ingest.delivery import Delivery, TopicLimits, broker_limits
 from ingest.kafka import make_admin, make_consumer, make_producer
 from ingest.loop import Batch, ConsumerLoop, LoopConfig
 from ingest.settings import StackSettings
-from tests.kafka_helpers import committed, delete_topics, end_offsets, produce, read_all, wait_until
+from tests.kafka_helpers import committed, delete_topics, end_offsets, produce, read_all
 
 pytestmark = pytest.mark.integration
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.wait import wait_until
 from ingest.batch import Batch
 from ingest.contracts import DeadLetter, encode, utcnow
 from ingest.dlq import Filters, read, redrive
@@ -23,7 +24,7 @@ from ingest.settings import StackSettings
 from ingest.topics import dlq_topic
 from scorer.service import run_scorer
 from tests.conftest import ROOT
-from tests.kafka_helpers import committed, end_offsets, make_loop, produce, wait_until
+from tests.kafka_helpers import committed, end_offsets, make_loop, produce
 from tests.scorer_helpers import jpeg, make_weights, scorer_settings, submit_refs, upload_images, verdict_rows
 
 pytestmark = pytest.mark.integration

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from explainer.service import run_explainer
+from harness.wait import wait_until
 from ingest.contracts import DeadLetter, Explanation, decode
 from ingest.settings import StackSettings
 from tests.conftest import ROOT
@@ -26,7 +27,7 @@ from tests.explainer_helpers import (
     send_verdicts,
     stored_images,
 )
-from tests.kafka_helpers import committed, create_topics, delete_topics, end_offsets, read_all, wait_until
+from tests.kafka_helpers import committed, create_topics, delete_topics, end_offsets, read_all
 from tests.scorer_helpers import make_weights
 
 pytestmark = pytest.mark.integration

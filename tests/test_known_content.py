@@ -18,6 +18,7 @@ import psycopg2
 import pytest
 from PIL import Image
 
+from harness.wait import wait_until
 from ingest.contracts import Feedback, ImageSubmitted, encode, utcnow
 from ingest.known_csv import CsvRow, csv_text, parse_csv
 from ingest.metrics import new_registry
@@ -30,7 +31,7 @@ from scorer.known_index import KnownIndex
 from scorer.known_watcher import KnownContentWatcher
 from scorer.pdq import dihedral, to_hex
 from scorer.signals import SignalSettings
-from tests.kafka_helpers import create_topics, delete_topics, produce, wait_until
+from tests.kafka_helpers import create_topics, delete_topics, produce
 from tests.known_helpers import encode as encode_image
 from tests.known_helpers import mirrored, picture, png_with_parameters, recompressed
 from tests.scorer_helpers import ScorerThread, make_weights, scorer_settings, upload_images

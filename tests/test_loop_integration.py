@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from harness.wait import wait_until
 from ingest.contracts import DeadLetter, ImageSubmitted, decode, encode, utcnow
 from ingest.errors import TransientError
 from ingest.loop import Batch, ConsumerLoop
 from ingest.metrics import LoopMetrics, new_registry, serve_metrics
 from ingest.settings import StackSettings
 from tests.conftest import ROOT
-from tests.kafka_helpers import committed, end_offsets, make_loop, produce, read_all, wait_until
+from tests.kafka_helpers import committed, end_offsets, make_loop, produce, read_all
 
 pytestmark = pytest.mark.integration
 

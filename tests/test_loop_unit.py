@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from types import SimpleNamespace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kafka import TopicPartition
 
+import ingest.loop
 from ingest.contracts import DeadLetter, decode
 from ingest.errors import PermanentError, TransientError
 from ingest.loop import Batch, ConsumerLoop, Record
@@ -198,26 +201,33 @@ def test_every_record_is_processed_or_dead_lettered_exactly_once(
     assert consumer.commits == {TopicPartition(TOPIC, p): len(v) for p, v in enumerate(partitions) if v}
 
 
-def _records_aged(age_s: float, n: int = 3) -> list[Record]:
-    stamp = int((time.time() - age_s) * 1000)
-    return [Record(TOPIC, 0, i, b"k", b"v", stamp) for i in range(n)]
-
-
-def test_batch_window_counts_from_when_the_first_record_was_produced() -> None:
+def test_batch_window_counts_from_when_the_first_record_was_produced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window's arithmetic on frozen clocks, so exact whatever else the machine does (on the real
+    clocks the 5 ms case failed whenever the test was descheduled for 5 ms between two readings)."""
     loop = ConsumerLoop(make([[]]), FakeProducer(), lambda b: None, config(max_wait_ms=200, min_wait_ms=5))
+    now, mono = 1_700_000_000.0, 5_000.0  # wall clock (record timestamps) and the loop's monotonic clock
+    monkeypatch.setattr(ingest.loop, "time", SimpleNamespace(time=lambda: now, monotonic=lambda: mono))
 
-    def wait_ms(records: list[Record]) -> float:
-        return (loop._batch_deadline(records) - time.monotonic()) * 1000
+    def wait_ms(*ages_s: float) -> float:
+        """Milliseconds until the batch closes, for records produced ``ages_s`` before now."""
+        stamps = [round((now - age) * 1000) for age in ages_s]
+        records = [Record(TOPIC, 0, i, b"k", b"v", stamp) for i, stamp in enumerate(stamps)]
+        return (loop._batch_deadline(records) - mono) * 1000
+
+    def ms(x: float) -> object:
+        return pytest.approx(x, abs=1e-3)  # float rounding of epoch seconds only
 
     # Fresh records: the whole window is still ahead.
-    assert 150 < wait_ms(_records_aged(0.0)) <= 200
+    assert wait_ms(0.0, 0.0, 0.0) == ms(200)
     # Records that already waited 150 ms (behind the previous batch) get only what is left of it.
-    assert 10 < wait_ms(_records_aged(0.15)) <= 50
-    # Records older than the window close the batch after one fetch round trip, not at once.
-    assert 0 < wait_ms(_records_aged(5.0)) <= 5
+    assert wait_ms(0.15, 0.15, 0.15) == ms(50)
+    # The oldest record of the batch sets its age.
+    assert wait_ms(0.0, 0.12, 0.05) == ms(80)
+    # Records older than the window close the batch after one fetch round trip (min_wait_ms), not at once.
+    assert wait_ms(5.0, 5.0, 5.0) == ms(5)
     # A producer clock ahead of ours (or no timestamp at all) never stretches the window.
-    assert wait_ms(_records_aged(-60.0)) <= 200
-    assert 150 < wait_ms([Record(TOPIC, 0, 0, b"k", b"v", 0)]) <= 200
+    assert wait_ms(-60.0, -60.0, -60.0) == ms(200)
+    assert (loop._batch_deadline([Record(TOPIC, 0, 0, b"k", b"v", 0)]) - mono) * 1000 == ms(200)
 
 
 def test_old_records_are_handled_without_waiting_out_the_window() -> None:
@@ -273,8 +283,8 @@ def test_a_bad_deploy_costs_one_batch_of_dead_letters_then_the_breaker_holds_unt
     through and the breaker closes."""
     import threading
 
+    from harness.wait import wait_until
     from ingest.metrics import LoopMetrics, new_registry
-    from tests.kafka_helpers import wait_until
 
     consumer = make([[f"r{i}".encode() for i in range(40)]])
     broken = threading.Event()

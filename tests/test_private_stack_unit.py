@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.private_stack import alive, wait_for
+from harness.wait import wait_until
+from tests.private_stack import alive
 
 # The main thread leaves through pthread_exit while a second thread keeps the process, and its listening
 # socket, going for a while: the shape of a SIGKILLed JVM whose main thread is a zombie before the rest exit.
@@ -33,12 +34,12 @@ def test_a_process_whose_main_thread_is_a_zombie_is_alive_until_its_last_thread_
     try:
         assert proc.stdout is not None
         port = int(proc.stdout.readline())
-        wait_for(lambda: leader_state(proc.pid) == "Z", 10, "the main thread to exit")
+        wait_until(lambda: leader_state(proc.pid) == "Z", 10, "the main thread to exit")
         # What restarting a service in this window runs into: the port still accepts connections.
         with socket.create_connection(("127.0.0.1", port), timeout=2):
             pass
         assert alive(proc.pid)
-        wait_for(lambda: not alive(proc.pid), 30, "the last thread to exit")
+        wait_until(lambda: not alive(proc.pid), 30, "the last thread to exit")
         # Gone means the sockets are closed too.
         refused = False
         try:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.wait import wait_until
 from ingest.settings import StackSettings
 from ingest.storage import S3Store
 from retrainer.registry import Announcer, ModelRegistry
-from tests.kafka_helpers import wait_until
 from tests.retrainer_helpers import models_topic
 from tests.scorer_helpers import (
     ScorerThread,

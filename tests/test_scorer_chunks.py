@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from harness.wait import wait_until
 from ingest.budget import ByteBudget
 from ingest.contracts import ImageSubmitted, encode, utcnow
 from ingest.decode import DecodeLimits
@@ -125,10 +125,7 @@ def test_store_outage_in_a_later_chunk_fails_the_batch_and_stops_fetching(model:
     assert batch.failures == {}  # nothing dead-lettered: the batch is retried whole
     assert len(store.calls) == 21 + 1  # items 0-20 and the probe; 21-39 were never fetched
     # The images fetched for the abandoned batch give their budget back (a decode still running: shortly).
-    deadline = time.monotonic() + 10
-    while handler.fetcher.budget.held and time.monotonic() < deadline:
-        threading.Event().wait(0.05)
-    assert handler.fetcher.budget.held == 0
+    wait_until(lambda: handler.fetcher.budget.held == 0, 10, "the abandoned batch's bytes to be given back")
 
 
 def test_a_batch_larger_than_the_byte_budget_is_scored_whole_within_it(model: ServingModel) -> None:

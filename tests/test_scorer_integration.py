@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.wait import wait_until
 from ingest.contracts import ModelPublished, encode, utcnow
 from ingest.decode import DecodeLimits
 from ingest.settings import StackSettings
@@ -24,7 +25,7 @@ from scorer.engine import ServingModel
 from scorer.offline import iter_sources, score_sources
 from scorer.service import run_scorer
 from tests.conftest import ROOT
-from tests.kafka_helpers import create_topics, delete_topics, produce, wait_until
+from tests.kafka_helpers import create_topics, delete_topics, produce
 from tests.scorer_helpers import (
     ScorerThread,
     jpeg,
