@@ -32,7 +32,7 @@ test: stack-up lint
 	$(PY) -m pytest -q
 
 unit: setup
-	$(PY) -m pytest -q -m "not integration"
+	$(PY) -m pytest -q tests/unit
 
 lint: setup
 	$(PY) -m ruff check .

@@ -1,4 +1,4 @@
-"""Offline checks of the production deployment files, run by tests/test_deploy_manifests.py.
+"""Offline checks of the production deployment files, run by tests/unit/test_deploy_manifests.py.
 
     python -m deploy.manifests     # every check below; prints the problems, exits 1 if there are any
 

@@ -173,8 +173,8 @@ def http_get(port: int, path: str) -> tuple[int, str]:
 
 
 def scoring_handler(stack: StackSettings, max_batch: int, cleanup: contextlib.ExitStack) -> ScoreHandler:
-    """The fixed release: the scorer's handler as tests/test_dlq_tool.py builds it, on the shipped model, with
-    ``scorer run``'s CPU threads and warm-up."""
+    """The fixed release: the scorer's handler as tests/integration/test_dlq_tool.py builds it, on the shipped
+    model, with ``scorer run``'s CPU threads and warm-up."""
     torch.set_num_threads(cpu_threads(None))
     model = ServingModel.load("default", "cpu")
     warm_up(model, max_batch)

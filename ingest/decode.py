@@ -265,7 +265,7 @@ def to_rgb_image(img: Image.Image, size: int, resize: Image.Resampling = Image.R
     """RGB ``size x size`` version of ``img``.
 
     The rules are kept identical to ``scorer.preprocess.to_model_rgb`` (ingest may not import the
-    scorer; tests/test_decode.py checks that both give the same pixels): alpha (RGBA, LA, palette
+    scorer; tests/unit/test_decode.py checks that both give the same pixels): alpha (RGBA, LA, palette
     with transparency) is composited on white, every other mode is converted to RGB, and an image
     that is not already ``size x size`` is resized straight to it with ``resize`` (BOX by default:
     an area average; the aspect ratio is not kept).

@@ -1,5 +1,6 @@
-"""Shared fixtures. Integration tests talk to the real stack that `deploy/stack up` started
-(`make test` starts it); if it is unreachable they fail with a message saying so, never skip."""
+"""Shared fixtures. ``tests/unit`` needs nothing running; ``tests/integration`` talks to the real stack that
+`deploy/stack up` started (`make test` starts it) and fails with a message saying so when it is unreachable,
+never skips."""
 
 from __future__ import annotations
 
@@ -51,3 +52,10 @@ def iso(stack: StackSettings) -> Iterator[StackSettings]:
     """The stack with a fresh PostgreSQL schema of its own (every migration applied), dropped afterwards."""
     with isolated_schema(stack) as s:
         yield s
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration carries the ``integration`` marker (``-m "not integration"``)."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)

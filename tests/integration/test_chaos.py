@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The run's own stack start, faults, drain and reset: 7-11 minutes measured on a 2-core host that a
 # training run and other suites were loading (load average 6-14); less on a quiet one.
 TIMEOUT_S = 1200

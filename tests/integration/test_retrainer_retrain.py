@@ -19,9 +19,9 @@ from retrainer.retrain import Abandoned
 from retrainer.settings import GateSettings, RetrainerSettings, TrainBudget
 from retrainer.synthetic import make_synthetic_cifake
 from retrainer.worker import RetrainWorker, WorkerMetrics
+from tests.integration.test_retrainer_registry import announcements
 from tests.retrainer_helpers import insert_images, models_topic
 from tests.scorer_helpers import make_weights, upload_images
-from tests.test_retrainer_registry import announcements
 
 pytestmark = pytest.mark.integration
 

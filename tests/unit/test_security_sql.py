@@ -1,5 +1,5 @@
 """Promise: every SQL statement is parameterised (static half; the dynamic half, injection strings as ids and
-names against the running services, is in ``tests/test_security_services.py``).
+names against the running services, is in ``tests/integration/test_security_services.py``).
 
 Every ``execute``/``executemany``/``mogrify``/``execute_values``/``execute_batch``/``copy_expert`` call in
 the services' source must get SQL that is built only from string constants: literals, module or local
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ["ingest", "scorer", "explainer", "retrainer", "deploy"]
 SQL_ARG = {
     "execute": 0,

@@ -47,7 +47,7 @@ from scorer.weights import load_weights
 from tests.fetch_helpers import PNG, MemoryStore, code_of, msg
 from tests.scorer_helpers import make_weights
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ["ingest", "scorer", "explainer", "retrainer", "deploy"]
 
 # -- SSRF: redirects to internal addresses --------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import socket
 import threading
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -14,8 +13,6 @@ from minio.error import S3Error
 
 from ingest.errors import TransientError
 from ingest.fetch import Fetcher, FetchSettings
-from ingest.settings import StackSettings
-from ingest.storage import S3Store
 from tests.fetch_helpers import PNG, MemoryStore, code_of, msg, seeded_store
 
 
@@ -204,16 +201,3 @@ def test_closed_fetcher_refuses_batches(store: MemoryStore) -> None:
     f.close()
     with pytest.raises(RuntimeError):
         f.fetch_many([msg("s3://images/a/ok.png")])
-
-
-# -- MinIO --------------------------------------------------------------------------------------
-
-
-@pytest.mark.integration
-def test_fetch_from_minio(stack: StackSettings) -> None:
-    s3 = S3Store(stack.s3)
-    key = f"tests/fetch/{uuid.uuid4().hex}.png"
-    s3.put("images", key, PNG, "image/png")
-    with Fetcher(s3) as f:
-        assert f.fetch_many([msg(f"s3://images/{key}"), msg(f"s3://images/{key}.missing")])[0] == PNG
-        assert code_of(f, msg(f"s3://images/{key}.missing")) == "missing_object"

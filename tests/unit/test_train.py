@@ -12,7 +12,7 @@ from retrainer.synthetic import make_synthetic_cifake
 from retrainer.train import TrainConfig, lr_at, train
 from scorer.weights import load_weights, read_meta
 
-REAL_ZIP = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifake-train.zip"
+REAL_ZIP = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "cifake-train.zip"
 
 
 @pytest.fixture

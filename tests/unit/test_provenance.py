@@ -1,6 +1,6 @@
 """Provenance read from image bytes (``ingest.provenance``): declared-AI markers are found, camera and
 plain images are not declared, C2PA validation states are those of the library, and no input makes it raise
-(Hypothesis, ``CIFAKE_FUZZ_EXAMPLES`` examples). Hostile metadata: ``tests/test_provenance_hostile.py``.
+(Hypothesis, ``CIFAKE_FUZZ_EXAMPLES`` examples). Hostile metadata: ``tests/unit/test_provenance_hostile.py``.
 
 Pure unit tests: fixtures are built in memory (``tests/provenance_fixtures.py``), C2PA ones signed by a
 throwaway CA. Nothing asserts on wall-clock time; the work is bounded through the limits instead.
@@ -29,7 +29,7 @@ from tests import provenance_hostile as hostile
 from tests.imagegen import noise, save
 from tests.provenance_checks import has, internal_errors, no_c2pa_calls, summary, trusting
 
-REAL_ZIP = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifake-train.zip"
+REAL_ZIP = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "cifake-train.zip"
 EXAMPLES = int(os.environ.get("CIFAKE_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(
     max_examples=EXAMPLES,

@@ -28,7 +28,7 @@ from scorer.known_index import KnownIndex
 from scorer.known_watcher import KnownContentWatcher
 from tests.fetch_helpers import MemoryStore
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OBS = ROOT / "deploy" / "observability"
 SETUP = "deploy/setup-promtool"
 # Series Prometheus makes itself for every target, not the services.

@@ -7,9 +7,10 @@
   colour types, plus mutated valid images. The result is a ``PermanentError`` with a known code or an
   image within the pixel limit that converts to a 32x32 RGB array; memory stays bounded.
 
-``tests/test_contracts.py`` and ``tests/test_decode.py`` fuzz with unstructured bytes; these targets reach
-deeper. Each test runs ``CIFAKE_FUZZ_EXAMPLES`` examples (default 150: about 20-40 s for the module on CI);
-set it higher for a longer local run. The deadline is a hang guard, generous for a loaded CI machine.
+``tests/unit/test_contracts.py`` and ``tests/unit/test_decode.py`` fuzz with unstructured bytes; these
+targets reach deeper. Each test runs ``CIFAKE_FUZZ_EXAMPLES`` examples (default 150: about 20-40 s for the
+module on CI); set it higher for a longer local run. The deadline is a hang guard, generous for a loaded CI
+machine.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The consumer loop across rebalances, against in-memory clients (the real group: tests/test_churn.py)."""
+"""The consumer loop across rebalances, against in-memory clients (the real group:
+tests/integration/test_churn.py)."""
 
 from __future__ import annotations
 

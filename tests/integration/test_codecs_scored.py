@@ -1,4 +1,5 @@
-"""Platforms' producers compress as they like: every Kafka codec must reach the scorer, on the real broker."""
+"""Records compressed with every codec Kafka offers are all scored by the real scorer (the unit checks:
+tests/unit/test_codecs.py)."""
 
 from __future__ import annotations
 
@@ -8,23 +9,12 @@ from pathlib import Path
 import pytest
 
 from ingest.contracts import ImageSubmitted, encode, utcnow
-from ingest.kafka import make_producer, missing_codecs, producer_kwargs
-from ingest.settings import KafkaSettings, StackSettings
+from ingest.kafka import make_producer
+from ingest.settings import StackSettings
 from scorer.service import run_scorer
 from tests.kafka_helpers import end_offsets
 from tests.scorer_helpers import jpeg, make_weights, scorer_settings, upload_images, verdict_rows
-
-CODECS = (None, "gzip", "snappy", "lz4", "zstd")
-
-
-def test_every_codec_can_be_decoded_here() -> None:
-    assert missing_codecs() == []
-
-
-def test_the_projects_producers_compress_with_the_configured_codec() -> None:
-    assert producer_kwargs(KafkaSettings())["compression_type"] == "lz4"
-    assert "compression_type" not in producer_kwargs(KafkaSettings(compression_type="none"))
-    assert producer_kwargs(KafkaSettings(compression_type="zstd"))["compression_type"] == "zstd"
+from tests.unit.test_codecs import CODECS
 
 
 @pytest.mark.integration

@@ -28,7 +28,7 @@ from tests.private_stack import alive, free_ports, read_env_file
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK = REPO_ROOT / "deploy" / "stack"
 SERVICES = ("kafka", "minio", "postgres")
 PARTITIONS = 2  # not the default 6, so the test shows CIFAKE_PARTITIONS is honoured

@@ -17,7 +17,7 @@ from ingest.settings import StackSettings
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_short_soak_has_flat_memory_and_bounded_lag(stack: StackSettings, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""scorer.known_index against a brute-force oracle (scorer.pdq itself: tests/test_pdq.py)."""
+"""scorer.known_index against a brute-force oracle (scorer.pdq itself: tests/unit/test_pdq.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Security promises checked against running services on the real stack; each test fails if its promise
-breaks (see ``tests/test_security.py`` for the map of which test checks which promise)."""
+breaks (see ``tests/unit/test_security.py`` for the map of which test checks which promise)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Delivery failures the broker will never fix by itself (ingest/delivery.py), against in-memory clients.
-The real broker's size rejections are in tests/test_delivery_integration.py."""
+The real broker's size rejections are in tests/integration/test_delivery_integration.py."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ from tests.scorer_helpers import (
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK = REPO_ROOT / "deploy" / "stack"
 BROKERS = 3
 N_IMAGES = 300
