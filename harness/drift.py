@@ -96,6 +96,12 @@ class Row:
     trigger: str | None = None
     candidate_new: float | None = None  # the version registered this round (champion or rejected)
     candidate_old: float | None = None
+    # What the gate read for that candidate: hold-out gain and base-validation drop (fractions), set sizes,
+    # and its reasons when rejected.
+    gate: dict[str, Any] | None = None
+
+
+GATE_KEYS = ("holdout_gain", "base_val_drop", "n_holdout", "n_base_val")
 
 
 def split_data(ds: CifakeSplit, cfg: DriftConfig) -> dict[str, np.ndarray]:
@@ -276,7 +282,9 @@ class DriftRun:
         self.procs.append(_start(cmd, scorer_env, self.out / "scorer.log"))
         retrainer_env = env.env(
             CIFAKE_RETRAINER_FEEDBACK_TOPIC=env.feedback,
-            CIFAKE_RETRAINER_GROUP_ID=f"drift-{env.run}",
+            # Its own consumer group, as in a deployment. Sharing the scorer's group, one loaded run's
+            # retrainer left the group in a rebalance it led and never rejoined (no labels consumed).
+            CIFAKE_RETRAINER_GROUP_ID=f"drift-{env.run}-retrainer",
             CIFAKE_RETRAINER_MODELS_TOPIC=env.models,
             CIFAKE_RETRAINER_MODEL_KEY_PREFIX=self.prefix,
             CIFAKE_RETRAINER_BASE_DATA=cfg.data,
@@ -347,6 +355,7 @@ class DriftRun:
             record.trigger,
             cand_new,
             cand_old,
+            {k: record.metrics.get(k) for k in GATE_KEYS} | {"reasons": record.reasons},
         )
 
     def run(self, tmp: Path) -> list[Row]:

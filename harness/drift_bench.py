@@ -1,6 +1,10 @@
 """``python -m harness.drift_bench``: the command line of the drift experiment (``harness/drift.py``).
 
 Does feedback teach the service a shifted distribution, end to end? See ``docs/retrainer.md``.
+
+Besides ``drift.json`` / ``drift.png`` in ``--out`` it writes the result file the docs quote (``--result``,
+default ``benchmarks/drift/drift.json``): the run's config, rows and summary with the machine it ran on, the
+command and the load average before and after; the figure goes beside it (same name, ``.png``).
 """
 
 from __future__ import annotations
@@ -9,9 +13,13 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
+from pathlib import Path
+from typing import Any
 
 from harness.drift import DriftConfig, run_drift_bench
+from harness.machine import ROOT, machine_info
 from ingest.settings import StackSettings, load
 from retrainer.settings import GateSettings
 
@@ -54,10 +62,38 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=d.out)
     p.add_argument("--keep", action="store_true", help="keep the run's topics and schema")
+    p.add_argument(
+        "--result",
+        default=str(ROOT / "benchmarks" / "drift" / "drift.json"),
+        help="result file with the machine; the figure goes beside it as .png ('' to skip)",
+    )
+    p.add_argument("--note", help="recorded in the result file (e.g. what else ran on the machine)")
     return p
 
 
-def run(args: argparse.Namespace, stack: StackSettings) -> int:
+def write_result(
+    path: Path, out: Path, command: str, loadavg_start: tuple[float, ...], note: str | None = None
+) -> dict[str, Any]:
+    """The result file the docs quote: ``out/drift.json`` with where and how it ran; ``out/drift.png`` is
+    copied beside it (same name, ``.png``)."""
+    report = json.loads((out / "drift.json").read_text())
+    doc: dict[str, Any] = {
+        "machine": machine_info(packages=("torch", "kafka-python")),
+        "command": command,
+        # Kafka, MinIO, PostgreSQL, the scorer and the retrainer share the machine's cores with anything
+        # else running; the load average says how busy it was.
+        "loadavg_start": [round(x, 2) for x in loadavg_start],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        **({"note": note} if note else {}),
+        **report,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    shutil.copyfile(out / "drift.png", path.with_suffix(".png"))
+    return doc
+
+
+def run(args: argparse.Namespace, stack: StackSettings, argv: list[str] | None = None) -> int:
     d = DriftConfig()
     cfg = DriftConfig(
         data=args.data,
@@ -88,7 +124,12 @@ def run(args: argparse.Namespace, stack: StackSettings) -> int:
         out=args.out,
         keep=args.keep,
     )
-    print(json.dumps(run_drift_bench(stack, cfg)), flush=True)
+    loadavg_start = os.getloadavg()
+    summary = run_drift_bench(stack, cfg)
+    if args.result:
+        command = " ".join(["python -m harness.drift_bench", *(sys.argv[1:] if argv is None else argv)])
+        write_result(Path(args.result), Path(cfg.out), command, loadavg_start, args.note)
+    print(json.dumps(summary), flush=True)
     return 0
 
 
@@ -97,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    return run(args, load(StackSettings))
+    return run(args, load(StackSettings), argv)
 
 
 if __name__ == "__main__":
