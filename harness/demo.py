@@ -2,10 +2,11 @@
 
 It starts a scorer process (a consumer-group member, metrics on ``--metrics-port``), uploads a few hundred
 images to the object store, publishes their references on ``images.submitted``, waits for the verdicts
-in PostgreSQL and prints them as a table. Images come from ``--data`` (a CIFAKE-layout zip or folder, or
-any folder of images) or, without it, are generated, and the demo says which. With CIFAKE data the true
-label is known from the folder name, so the table also shows whether each verdict was right. Then one
-moderator label and a re-upload of the labelled image show the known-content lists at work
+in PostgreSQL and prints them as a table. Images come from ``--data`` or, without it, are generated, and
+the demo says which (``harness.demo_samples``): from a CIFAKE archive, the model's own validation split,
+and the demo ends with the model's accuracy on those images and the count it is based on.
+
+Then one moderator label and a re-upload of the labelled image show the known-content lists at work
 (``harness.demo_known``).
 """
 
@@ -13,22 +14,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import logging
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-import zipfile
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
+from harness.demo_samples import DemoSet, Sample, load_samples
 from harness.wait import wait_until
 from ingest.cli import configure_logging
 from ingest.contracts import ImageSubmitted, encode, utcnow
@@ -37,66 +33,26 @@ from ingest.kafka import make_producer
 from ingest.settings import StackSettings, load
 from ingest.storage import S3Store
 from ingest.topics import IMAGES_SUBMITTED
+from scorer.engine import file_sha256
+from scorer.weights import read_meta, resolve_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-Sample = tuple[str, bytes, str | None]  # (name, bytes, true label or None)
-
-
-def _truth(name: str) -> str | None:
-    parts = name.replace("\\", "/").split("/")
-    for label in ("REAL", "FAKE"):
-        if label in parts:
-            return label.lower()
-    return None
-
-
-def load_samples(data: str | None, n: int, seed: int) -> tuple[list[Sample], str]:
-    rng = random.Random(seed)
-    if data and zipfile.is_zipfile(data):
-        with zipfile.ZipFile(data) as zf:
-            names = [
-                i.filename for i in zf.infolist() if i.filename.lower().endswith((".jpg", ".jpeg", ".png"))
-            ]
-            picked = rng.sample(names, min(n, len(names)))
-            return [
-                (nm, zf.read(nm), _truth(nm)) for nm in picked
-            ], f"{len(picked)} random images from {data}"
-    if data and Path(data).is_dir():
-        files = sorted(
-            p for p in Path(data).rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"}
-        )
-        chosen = rng.sample(files, min(n, len(files)))
-        return [
-            (str(f), f.read_bytes(), _truth(str(f))) for f in chosen
-        ], f"{len(chosen)} random images from {data}"
-    if data:
-        raise SystemExit(f"--data {data}: not a zip or a folder")
-    imgs = generated_images(n, seed)
-    return [(f"generated-{i:04d}.jpg", b, None) for i, b in enumerate(imgs)], (
-        f"{n} generated noise images (no dataset given: pass --data PATH or put the CIFAKE zip at "
-        "../shared/datasets/cifake-train.zip for real photos and fakes)"
-    )
-
-
-def generated_images(n: int, seed: int) -> list[bytes]:
-    """``n`` distinct 32x32 noise JPEGs (distinct bytes, so distinct sha256 image ids)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        arr = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=75)
-        out.append(buf.getvalue())
-    return out
+Row = tuple[str, str, float, str]  # a verdict: (image id, model version, p_fake, label)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     # The demo is read by a person: kafka-python's connection chatter (INFO) would bury its lines.
     logging.getLogger("kafka").setLevel(logging.WARNING)
     stack = load(StackSettings)
-    samples, described = load_samples(args.data, args.n, args.seed)
-    print(f"demo: using {described}", flush=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    weights = resolve_weights(args.weights)
+    meta = read_meta(weights)
+    version = meta.version or f"sha-{file_sha256(weights)[:12]}"  # as the scorer names it
+    demo_set = load_samples(args.data, args.n, args.seed, meta)
+    samples = demo_set.samples
+    print(f"demo: using {demo_set.described}", flush=True)
+    # The scorer serves exactly these weights (no switch to a champion announced on models.published), so
+    # every verdict, and the accuracy, is this model's.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CIFAKE_SCORER_FOLLOW_MODELS": "false"}
     cmd = [
         sys.executable,
         "-m",
@@ -119,7 +75,8 @@ def run_demo(args: argparse.Namespace) -> int:
         if scorer.poll() is not None:
             raise SystemExit(f"demo: the scorer exited; see {log_path}")
         print(
-            f"demo: scorer running (pid {scorer.pid}, log {log_path}), metrics at {metrics_url}", flush=True
+            f"demo: scorer running {version} (pid {scorer.pid}, log {log_path}), metrics at {metrics_url}",
+            flush=True,
         )
         run_tag = hashlib.sha256(str(time.time()).encode()).hexdigest()[:6]
         store = S3Store(stack.s3)
@@ -143,6 +100,8 @@ def run_demo(args: argparse.Namespace) -> int:
         rows = _verdicts(stack, list(ids))
         _print_table(rows, ids, args.show)
         print(f"demo: {len(rows)} verdicts in {elapsed:.1f}s", flush=True)
+        for line in accuracy_lines(rows, ids, version, meta.threshold, demo_set):
+            print(f"demo: {line}", flush=True)
         _print_metrics(metrics_url)
         if not args.no_known:
             from harness.demo_known import run_known_act
@@ -167,7 +126,7 @@ def _reachable(url: str) -> bool:
         return False
 
 
-def _verdicts(stack: StackSettings, ids: list[str]) -> list[tuple[str, str, float, str]]:
+def _verdicts(stack: StackSettings, ids: list[str]) -> list[Row]:
     with connect(stack.pg) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT image_id, model_version, p_fake, label FROM verdicts"
@@ -177,17 +136,13 @@ def _verdicts(stack: StackSettings, ids: list[str]) -> list[tuple[str, str, floa
         return [(r[0], r[1], float(r[2]), r[3]) for r in cur.fetchall()]
 
 
-def _print_table(rows: list[tuple[str, str, float, str]], ids: dict[str, Sample], show: int) -> None:
+def _print_table(rows: list[Row], ids: dict[str, Sample], show: int) -> None:
     print(f"\n{'image':<34} {'truth':<6} {'p_fake':>7} {'verdict':<10} {'model':<18}")
     print("-" * 80)
     labels: Counter[str] = Counter()
-    right = known = 0
     for i, (image_id, version, p, label) in enumerate(rows):
         name, _data, truth = ids[image_id]
         labels[label] += 1
-        if truth and label != "uncertain":
-            known += 1
-            right += label == truth
         if i < show:
             mark = "" if not truth or label == "uncertain" else (" ok" if label == truth else " WRONG")
             print(f"{name[-34:]:<34} {truth or '-':<6} {p:>7.3f} {label:<10} {version[:18]:<18}{mark}")
@@ -195,12 +150,39 @@ def _print_table(rows: list[tuple[str, str, float, str]], ids: dict[str, Sample]
         print(f"... ({len(rows) - show} more)")
     print("-" * 80)
     print("verdicts: " + ", ".join(f"{k}={v}" for k, v in sorted(labels.items())))
-    if known:
-        print(
-            f"accuracy on the {known} images with a known label and a decided verdict: {right / known:.1%}"
-            " (if these come from the training archive, most were seen in training: the held-out"
-            " validation figures are in docs/detector.md)"
+
+
+def accuracy_lines(
+    rows: list[Row], ids: dict[str, Sample], version: str, threshold: float, demo_set: DemoSet
+) -> list[str]:
+    """What the verdicts say about the model, with the counts they rest on.
+
+    The accuracy is the model's: its p_fake against its threshold, over every image with a true label
+    scored by ``version``, as the validation accuracy in the model's metadata is. Verdict labels can
+    differ: near the threshold they are ``uncertain``, and a known-content match sets the label itself.
+    """
+    if not any(s[2] for s in ids.values()):
+        return ["accuracy: not measured (these images have no true label)"]
+    labelled = [(ids[i][2], p, label) for i, v, p, label in rows if ids[i][2] and v == version]
+    out = []
+    other = sum(1 for i, v, _p, _l in rows if ids[i][2] and v != version)
+    if other:
+        out.append(f"{other} verdict(s) came from another model than {version}: not counted")
+    if not labelled:
+        return [*out, "accuracy: not measured (no verdict with a true label)"]
+    right = sum((p >= threshold) == (truth == "fake") for truth, p, _l in labelled)
+    what = demo_set.held_out or "labelled images (not checked against the model's training data)"
+    out.append(
+        f"accuracy {right / len(labelled):.1%} on {len(labelled)} {what}; p_fake >= {threshold:g} is fake"
+    )
+    decided = [(truth, label) for truth, _p, label in labelled if label != "uncertain"]
+    if decided:
+        agree = sum(truth == label for truth, label in decided)
+        out.append(
+            f"verdict labels: {agree / len(decided):.1%} right on the {len(decided)} decided,"
+            f" {len(labelled) - len(decided)} uncertain (p_fake near the threshold)"
         )
+    return out
 
 
 def _print_metrics(url: str) -> None:
@@ -223,11 +205,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data", default=os.environ.get("CIFAKE_DEMO_DATA") or None, help="zip or folder of images"
     )
-    p.add_argument("--n", type=int, default=300)
+    p.add_argument(
+        "--n", type=int, default=300, help="images to stream (half REAL, half FAKE from a CIFAKE archive)"
+    )
     p.add_argument("--show", type=int, default=25, help="rows of the table to print")
     p.add_argument("--weights", default="default")
     p.add_argument("--metrics-port", type=int, default=9101)
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7, help="which images are drawn")
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--log", default=".stack/demo-scorer.log")
     p.add_argument("--no-known", action="store_true", help="skip the label-then-re-upload act")

@@ -38,7 +38,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
 from harness.cpu_meter import CpuMeter, stack_services
-from harness.demo import generated_images
+from harness.demo_samples import generated_images
 from harness.wait import wait_until
 from ingest.contracts import ImageSubmitted, encode, utcnow
 from ingest.db import connect

@@ -43,6 +43,7 @@ from ingest.settings import StackSettings
 from retrainer.augment import jpeg_bank
 from retrainer.data import CifakeSplit, dedup_index, load_split, split_train_val
 from retrainer.feedback import MajorityLabels, majority_labels
+from retrainer.metrics import auroc, ece
 from retrainer.perturb import PERTURBATIONS
 from retrainer.registry import ModelRecord, ModelRegistry, Trigger
 from retrainer.settings import GateSettings, RetrainerSettings, TrainBudget
@@ -181,10 +182,15 @@ def accuracy(model: nn.Module, meta: ModelMeta, images: np.ndarray, labels: np.n
     return float(((p >= meta.threshold).astype(np.int64) == labels).mean())
 
 
-def validation_reference(model: nn.Module, meta: ModelMeta, val: CifakeSplit) -> dict[str, list[float]]:
-    """The p_fake histogram of ``model`` on base validation, stored in its metadata for drift monitoring."""
+def validation_summary(model: nn.Module, meta: ModelMeta, val: CifakeSplit) -> dict[str, Any]:
+    """AUROC, ECE and the p_fake histogram of ``model`` on base validation (one forward pass). The histogram
+    travels in the weights as the scorers' drift reference; all three show on the console's Models page."""
     p = p_fake_from_logits(predict_logits(model, val.images, meta.mean, meta.std, device=torch.device("cpu")))
-    return reference_histogram(p)
+    return {
+        "base_val_auroc": auroc(val.labels, p),
+        "base_val_ece": ece(val.labels, p),
+        META_KEY: reference_histogram(p),
+    }
 
 
 def robustness(
@@ -365,6 +371,7 @@ def retrain_once(
         if budget.interpolate < 1.0:
             candidate = interpolate(candidate, champ_model, budget.interpolate)
         metrics = compare(candidate, champ_model, meta, fb, hold, base_val, settings.robustness) | {
+            **validation_summary(candidate, meta, base_val),
             "n_replay": len(replay),
             "steps": budget.steps,
             "train_seconds": round(train_seconds, 2),
@@ -376,8 +383,7 @@ def retrain_once(
             meta,
             version=version,
             parent_version=champion.version,
-            # Their validation p_fake histogram travels in the weights: the scorers' drift reference.
-            metrics=metrics | {META_KEY: validation_reference(candidate, meta, base_val)},
+            metrics=metrics,
             train_config={
                 "budget": budget.model_dump(),
                 "gate": settings.gate.model_dump(),

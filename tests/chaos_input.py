@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from kafka import KafkaProducer
 
-from harness.demo import generated_images
+from harness.demo_samples import generated_images
 from harness.pipeline_bench import reference_message, upload
 from ingest.contracts import encode
 from ingest.kafka import make_producer

@@ -200,11 +200,16 @@ def history(conn: Conn, moderator: str, limit: int) -> list[tuple[Any, ...]]:
         return list(cur.fetchall())
 
 
+def _jsonb(v: Any, empty: Any) -> Any:
+    return json.loads(v) if isinstance(v, str) else (v if v is not None else empty)
+
+
 def models(conn: Conn) -> list[dict[str, Any]]:
+    """Every registered version, newest first (``ingest.api.model_view`` formats them)."""
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT version, parent, status, metrics, trigger, created_at FROM models"
-            " ORDER BY created_at DESC"
+            "SELECT version, parent, status, metrics, trigger, created_at, data, reasons FROM models"
+            " ORDER BY created_at DESC, version"
         )
         rows = cur.fetchall()
     return [
@@ -212,9 +217,11 @@ def models(conn: Conn) -> list[dict[str, Any]]:
             "version": r[0],
             "parent": r[1],
             "status": r[2],
-            "metrics": json.loads(r[3]) if isinstance(r[3], str) else (r[3] or {}),
+            "metrics": _jsonb(r[3], {}),
             "trigger": r[4],
             "created_at": r[5],
+            "data": _jsonb(r[6], {}),
+            "reasons": _jsonb(r[7], []),
         }
         for r in rows
     ]

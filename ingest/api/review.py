@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from ingest.accounts import verify_moderator
 from ingest.api import queries
 from ingest.api.images import ImageIdPath, explanation_location
+from ingest.api.model_view import ModelRow, model_row
 from ingest.api.sessions import COOKIE, Session, csrf_ok
 from ingest.api.state import AppState, state
 from ingest.contracts import Feedback, encode, parse_s3_ref, utcnow
@@ -289,9 +290,9 @@ async def history_page(request: Request, s: Mod) -> Response:
 async def models_page(request: Request, s: Mod) -> Response:
     st = state(request)
 
-    def load() -> list[dict[str, Any]]:
+    def load() -> list[ModelRow]:
         with st.db.connection() as conn:
-            return queries.models(conn)
+            return [model_row(m) for m in queries.models(conn)]
 
     return render(request, "models.html", session=s, models=await run_in_threadpool(load))
 

@@ -98,6 +98,8 @@ def test_retrain_gate_accepts_and_rejects_by_the_rule(
     assert m["steps"] == BUDGET.steps and m["n_holdout"] >= 5 and m["n_feedback_train"] > 0
     assert m["holdout_gain"] >= accept.delta and m["base_val_drop"] <= accept.epsilon
     assert out.record.status == "champion" and out.record.parent == "champ"
+    # What the console's Models page shows for a fine-tuned version, beside the gate's figures.
+    assert {"base_val_auroc", "base_val_ece", "val_pfake_hist"} <= set(out.record.metrics)
     assert out.record.data["feedback"]["labels"] == 120 and out.record.data["feedback"]["unavailable"] == 0
     champion = registry.champion()
     assert champion is not None and champion.version == out.record.version

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from ingest.accounts import set_moderator
 from ingest.contracts import Feedback, decode
@@ -28,28 +28,9 @@ from tests.kafka_helpers import read_all
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # (p_fake, label): the queue must offer the uncertain one first, then by closeness to the threshold 0.5.
 VERDICTS = [(0.97, "fake"), (0.55, "uncertain"), (0.30, "real"), (0.62, "fake")]
 EXPECTED_ORDER = [1, 3, 2, 0]
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make setup` installs it (deploy/setup-browser)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
