@@ -12,7 +12,6 @@ import hashlib
 import os
 import re
 import secrets
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from ingest.db import transaction
 from ingest.kafka import make_admin
 from ingest.settings import StackSettings
 from ingest.storage import S3Store
-from tests.intake_helpers import intake_settings, running_intake
+from tests.intake_helpers import intake_settings, request, running_intake
 from tests.kafka_helpers import kafka_reachable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,8 +165,8 @@ def queue_ids(hrefs: list[str]) -> list[str]:
 def _read_console(base: str, cookie: str) -> tuple[list[str], list[str]]:
     pages = []
     for path in ("/review", "/review/models"):
-        req = urllib.request.Request(base + path, headers={"Cookie": f"{COOKIE}={cookie}"})
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            pages.append(resp.read().decode())
+        status, body = request("GET", base + path, headers={"Cookie": f"{COOKIE}={cookie}"})
+        assert status == 200 and isinstance(body, bytes), f"GET {path} on the user's console: {status}"
+        pages.append(body.decode())
     queue = queue_ids(re.findall(r'href="(/review/item/[^"]+)"', pages[0]))
     return queue, re.findall(r'<tr data-version="([^"]+)"', pages[1])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -78,7 +77,7 @@ def test_a_closed_database_opens_a_new_connection_on_next_use(db: Database, iso:
 def test_callers_beyond_the_pool_size_wait_for_a_free_connection(iso: StackSettings) -> None:
     database = Database(iso.pg, size=2)
     inside, peak, done, lock = 0, 0, 0, threading.Lock()
-    release = threading.Event()
+    release, overflow = threading.Event(), threading.Event()
 
     def use() -> None:
         nonlocal inside, peak, done
@@ -86,6 +85,8 @@ def test_callers_beyond_the_pool_size_wait_for_a_free_connection(iso: StackSetti
             with lock:
                 inside += 1
                 peak = max(peak, inside)
+                if inside > 2:
+                    overflow.set()
             cur.execute("SELECT 1")
             release.wait(5)
             with lock:
@@ -96,7 +97,8 @@ def test_callers_beyond_the_pool_size_wait_for_a_free_connection(iso: StackSetti
     for t in threads:
         t.start()
     wait_until(lambda: inside == 2, 60, "two callers holding a connection")
-    time.sleep(0.5)  # time for the three others to get in, were the pool not bounded
+    # The three others are blocked: were the pool not bounded, one would get in within this wait.
+    assert not overflow.wait(0.5)
     assert peak == 2
     release.set()
     for t in threads:
