@@ -7,7 +7,9 @@ Phases, all in one run on the same machine (last stdout line is one JSON object)
    throughput is measured from the verdicts' ``scored_at`` span (``images_per_s``);
 3. backlog, two scorers on a 2-partition topic (``two_scorers_images_per_s`` and how many each got);
 4. backlog, one scorer with micro-batches of 1 (``batch1_images_per_s``): why batching matters;
-5. fixed-rate load (``--rate``, default half of phase 2's throughput) for ``--duration`` seconds
+5. backlog, one scorer, the same images inline in the messages (``inline_images_per_s``), storing every
+   image (the default), then storing none (``inline_unstored_images_per_s``);
+6. fixed-rate load (``--rate``, default half of phase 2's throughput) for ``--duration`` seconds
    against a warm scorer; latency is submit time -> the verdict message arriving on images.verdicts.
 
 ``--soak SECONDS`` runs a long fixed-rate load instead (memory, p99, lag over time): see ``harness/soak.py``.
@@ -19,6 +21,7 @@ on a topic of its own (2 partitions), so no phase re-reads another's records. It
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import logging
@@ -94,6 +97,13 @@ def reference_message(
     return ImageSubmitted(image_id=image_id, ref=f"s3://{bucket}/{key}", submitted_at=utcnow(), source=source)
 
 
+def inline_message(image_id: str, data: bytes, source: str = "bench") -> ImageSubmitted:
+    """The record for an image sent in the message itself (no object store on the way in)."""
+    return ImageSubmitted(
+        image_id=image_id, inline=base64.b64encode(data).decode(), submitted_at=utcnow(), source=source
+    )
+
+
 def stable_members(kafka: KafkaSettings, group: str) -> int:
     """Members of ``group`` once it is Stable (0 while it rebalances or does not exist)."""
     admin = make_admin(kafka)
@@ -156,12 +166,19 @@ class Bench:
     def new_topic(self, phase: str) -> None:
         """Switch to a fresh 2-partition topic (and its .dlq) for ``phase``."""
         self.topic = f"bench.{self.run_id}.{phase}"
+        names = [self.topic, self.topic + ".dlq"]
         admin = make_admin(self.stack.kafka)
         try:
-            admin.create_topics([NewTopic(self.topic, 2, 1), NewTopic(self.topic + ".dlq", 1, 1)])
+            res = admin.create_topics([NewTopic(self.topic, 2, 1), NewTopic(names[1], 1, 1)])
+            # kafka-python returns per-topic errors instead of raising: a topic that silently failed to
+            # appear left the scorer waiting for metadata until the phase timed out.
+            failed = [t for t in (res or {}).get("topics", []) if t.get("error_code")]
+            if failed:
+                raise RuntimeError(f"could not create the bench topics: {failed}")
+            wait_until(lambda: set(names) <= set(admin.list_topics()), 60, f"topics {names}")
         finally:
             admin.close()
-        self.topics += [self.topic, self.topic + ".dlq"]
+        self.topics += names
 
     def delete_topics(self) -> None:
         admin = make_admin(self.stack.kafka)
@@ -172,11 +189,15 @@ class Bench:
         finally:
             admin.close()
 
-    def publish(self, phase: str, keys: list[str], n: int) -> list[str]:
+    def publish(self, phase: str, keys: list[str], n: int, inline: list[bytes] | None = None) -> list[str]:
+        """Publish ``n`` records: references to ``keys``, or with ``inline`` the image bytes themselves."""
         ids = []
         for i in range(n):
             image_id = f"bench-{self.run_id}-{phase}-{i}"
-            msg = reference_message(image_id, keys[i % len(keys)])
+            if inline is not None:
+                msg = inline_message(image_id, inline[i % len(inline)])
+            else:
+                msg = reference_message(image_id, keys[i % len(keys)])
             self.producer.send(self.topic, key=image_id.encode(), value=encode(msg))
             ids.append(image_id)
         self.producer.flush(timeout=60)
@@ -207,8 +228,15 @@ class Bench:
         producer.flush(timeout=60)
         return n / max(1e-9, time.monotonic() - t0)
 
-    def start_scorer(self, group: str, max_batch: int, threads: int | None) -> subprocess.Popen[str]:
-        env = {**os.environ, "CIFAKE_SCORER_FOLLOW_MODELS": "false", "PYTHONUNBUFFERED": "1"}
+    def start_scorer(
+        self, group: str, max_batch: int, threads: int | None, env_extra: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        env = {
+            **os.environ,
+            "CIFAKE_SCORER_FOLLOW_MODELS": "false",
+            "PYTHONUNBUFFERED": "1",
+            **(env_extra or {}),
+        }
         if threads:
             env["CIFAKE_SCORER_THREADS"] = str(threads)
         cmd = [
@@ -250,18 +278,27 @@ class Bench:
                 first = (cur.fetchone() or (0,))[0]
         return int(n), lo, hi, int(first)
 
-    def backlog(self, phase: str, keys: list[str], n: int, scorers: int, max_batch: int) -> dict[str, Any]:
+    def backlog(
+        self,
+        phase: str,
+        keys: list[str],
+        n: int,
+        scorers: int,
+        max_batch: int,
+        inline: list[bytes] | None = None,
+        env_extra: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         self.new_topic(phase)
         group = f"bench-{self.run_id}-{phase}"
         threads = 1 if scorers > 1 else None  # two processes on two cores: one thread each
-        procs = [self.start_scorer(group, max_batch, threads) for _ in range(scorers)]
+        procs = [self.start_scorer(group, max_batch, threads, env_extra) for _ in range(scorers)]
         # Wait until every scorer has joined (after its warm-up), or the first would drain the backlog
         # alone, and the CPU it spent starting would count against the images.
         wait_until(lambda: self._stable_members(group) >= scorers, 120, f"{scorers} group members")
         meter = CpuMeter({"scorer": [p.pid for p in procs], **stack_services()})
         meter.start()
         own = time.process_time()
-        self.publish(phase, keys, n)
+        self.publish(phase, keys, n, inline)
 
         def all_scored() -> bool:
             if self.verdict_stats(phase)[0] >= n:
@@ -325,16 +362,17 @@ class Bench:
 def raw_model(weights: str, device: str) -> dict[str, Any]:
     import torch
 
-    from scorer.bench import bench_model
+    from scorer.bench import bench_serving
     from scorer.engine import ServingModel
 
     sm = ServingModel.load(weights, device)
-    r = bench_model(sm.model, sm.device, sm.input_size, min_time=2.0)
+    r = bench_serving(sm, min_time=2.0)
     return {
         "raw": r["batch256_images_per_s"],
         "raw1": r["batch1_images_per_s"],
         "device": r["device"],
         "threads": torch.get_num_threads() if sm.device.type == "cpu" else 1,
+        "runtime": r["runtime"],
         "version": sm.version,
     }
 
@@ -352,10 +390,16 @@ def run_bench(args: argparse.Namespace) -> int:
         two = bench.backlog("B", keys, args.n, scorers=2, max_batch=256)
         logger.info("two scorers: %.0f images/s, split %s", two["images_per_s"], two["split"])
         b1 = bench.backlog("C", keys, args.n_batch1, scorers=1, max_batch=1)
+        inl = bench.backlog("I", keys, args.n, scorers=1, max_batch=256, inline=images)
+        logger.info("one scorer, inline images: %.0f images/s", inl["images_per_s"])
+        unstored = {"CIFAKE_SCORER_PERSIST_INLINE": "none"}
+        inl_n = bench.backlog("J", keys, args.n, scorers=1, max_batch=256, inline=images, env_extra=unstored)
+        logger.info("inline, storing none: %.0f images/s", inl_n["images_per_s"])
         rate = args.rate or max(1.0, 0.5 * one["images_per_s"])
         lat = bench.latency(keys, rate, args.duration)
     finally:
         bench.delete_topics()
+    total_ms = sum(one["cpu_ms_per_image"].values())
     result = {
         "images_per_s": round(one["images_per_s"], 1),
         **{k: round(v, 1) if isinstance(v, float) else v for k, v in lat.items()},
@@ -364,12 +408,26 @@ def run_bench(args: argparse.Namespace) -> int:
         "two_scorers_images_per_s": round(two["images_per_s"], 1),
         "two_scorers_split": two["split"],
         "batch1_images_per_s": round(b1["images_per_s"], 1),
+        # The same images sent in the messages (base64) instead of by reference, one scorer; it stores
+        # each one in the object store for the explainer and the console (CIFAKE_SCORER_PERSIST_INLINE).
+        "inline_images_per_s": round(inl["images_per_s"], 1),
+        "inline_cpu_ms_per_image": {k: round(v, 3) for k, v in inl["cpu_ms_per_image"].items()},
+        "inline_cpu_ms_per_image_total": round(sum(inl["cpu_ms_per_image"].values()), 3),
+        # The same with CIFAKE_SCORER_PERSIST_INLINE=none: no object store on the way (``flagged`` lies
+        # between the two, by the share of images not labelled real).
+        "inline_unstored_images_per_s": round(inl_n["images_per_s"], 1),
+        "inline_unstored_cpu_ms_per_image": {k: round(v, 3) for k, v in inl_n["cpu_ms_per_image"].items()},
+        "inline_unstored_cpu_ms_per_image_total": round(sum(inl_n["cpu_ms_per_image"].values()), 3),
         "raw_batch1_images_per_s": round(raw["raw1"], 1),
         # Where one scorer's backlog phase spent CPU, per image, by process tree ("bench" is this process:
         # publishing and polling PostgreSQL); the bare model needs threads * 1000 / raw_images_per_s.
         "cpu_ms_per_image": {k: round(v, 3) for k, v in one["cpu_ms_per_image"].items()},
+        "cpu_ms_per_image_total": round(total_ms, 3),
+        # What one core does when every process's CPU is counted: 1000 / cpu_ms_per_image_total.
+        "images_per_core_s": round(1e3 / total_ms, 1),
         "model_cpu_ms_per_image": round(raw["threads"] * 1e3 / raw["raw"], 3),
         "device": raw["device"],
+        "runtime": raw["runtime"],
         "model_version": raw["version"],
         "n": args.n,
         "images": described,
@@ -380,8 +438,8 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_result(out: str | None, result: dict[str, Any]) -> None:
-    """The result file the docs quote, with where it ran (``harness/machine.py``)."""
+def write_result(out: str | None, result: dict[str, Any], command: str | None = None) -> None:
+    """The result file the docs quote, with where it ran (``harness/machine.py``) and the command."""
     if not out:
         return
     from harness.machine import machine_info
@@ -390,7 +448,7 @@ def write_result(out: str | None, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "machine": machine_info(),
-        "command": "python -m harness.pipeline " + " ".join(sys.argv[1:]),
+        "command": command or "python -m harness.pipeline " + " ".join(sys.argv[1:]),
         **result,
     }
     path.write_text(json.dumps(doc, indent=2) + "\n")

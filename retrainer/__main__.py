@@ -30,6 +30,13 @@ def _add_train(sub: SubParsers) -> Handler:
     p.add_argument("--jpeg-q-max", type=int, default=90)
     p.add_argument("--shift", type=int, default=2, help="max random translation in pixels")
     p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument(
+        "--report-fraction",
+        type=float,
+        default=0.0,
+        help="share of the validation split held out for the final report: never used for early stopping, "
+        "temperature or threshold (evaluate --split report)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-train", type=int, default=None, help="train on a stratified subset of this size")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
@@ -74,6 +81,7 @@ def _add_train(sub: SubParsers) -> Handler:
             jpeg_q_max=args.jpeg_q_max,
             shift=args.shift,
             val_fraction=args.val_fraction,
+            report_fraction=args.report_fraction,
             seed=args.seed,
             max_train=args.max_train,
             max_steps=args.max_steps,
@@ -98,7 +106,17 @@ def _add_evaluate(sub: SubParsers) -> Handler:
     p = sub.add_parser("evaluate", help="metrics, figures and an HTML report for a weights file")
     p.add_argument("--weights", default="default", help="weights file, or 'default' for the shipped model")
     p.add_argument("--data", required=True, help="CIFAKE folder or zip")
-    p.add_argument("--split", choices=["val", "test"], default="val")
+    p.add_argument(
+        "--split",
+        choices=["val", "report", "test"],
+        default="val",
+        help="val: the images the model was tuned on; report: the validation images held out of tuning",
+    )
+    p.add_argument(
+        "--report-fraction",
+        type=float,
+        help="for --split report on a model trained without one: the share of its validation split to use",
+    )
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--robustness", action="store_true", help="also score perturbed copies")
     p.add_argument("--threads", type=int, default=2)
@@ -113,6 +131,7 @@ def _add_evaluate(sub: SubParsers) -> Handler:
                 weights=args.weights,
                 data=args.data,
                 split=args.split,
+                report_fraction=args.report_fraction,
                 out=args.out,
                 robustness=args.robustness,
                 threads=args.threads,

@@ -298,3 +298,19 @@ def split_train_val(
         is_val_group[groups[:n_val]] = True
     is_val = is_val_group[inverse]
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def split_report(
+    ds: CifakeSplit, val_idx: np.ndarray, report_fraction: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Carve a final-report split out of the validation split: ``(tune_idx, report_idx)`` into ``ds``.
+
+    The tune part is what training may look at (early stopping, temperature, threshold); the report part
+    is looked at once, for the figures a model is published with. Stratified and grouped by content like
+    :func:`split_train_val` (it is that function on the validation subset, with its own seed stream), so
+    a model trained before the report split existed can still be measured on it: its report part lies
+    inside its validation split, which it never trained on.
+    """
+    sub = ds.subset(val_idx)
+    tune, report = split_train_val(sub, report_fraction, seed + 1_000_003)
+    return val_idx[tune], val_idx[report]

@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from retrainer.data import CATEGORIES, CifakeSplit, dedup_index, load_split, split_train_val
+from retrainer.data import (
+    CATEGORIES,
+    CifakeSplit,
+    dedup_index,
+    load_split,
+    split_report,
+    split_train_val,
+)
 from retrainer.metrics import binary_metrics, pr_curve, reliability, roc_curve
 from retrainer.perturb import PERTURBATIONS
 from scorer.infer import p_fake_from_logits, pick_device, predict_logits
@@ -56,14 +63,25 @@ class EvalConfig:
     threads: int = 2
     device: str = "auto"
     batch_size: int = 1024
+    # For ``report`` on a model trained without a report split (v1-v3): the share of its validation split
+    # to carve the report part from (its tune part then is what remains).
+    report_fraction: float | None = None
 
 
-def load_eval_split(data: str, split: str, meta: ModelMeta) -> CifakeSplit:
-    """The test split, or the validation split the model was selected on (same fraction and seed)."""
+SPLITS = ("val", "report", "test")
+
+
+def load_eval_split(
+    data: str, split: str, meta: ModelMeta, report_fraction: float | None = None
+) -> CifakeSplit:
+    """``test``; ``val``: the validation images the model was tuned on (early stopping, temperature,
+    threshold); ``report``: the validation images held out of all of that (``retrainer.data.split_report``).
+    A model trained without a report split has none unless ``report_fraction`` carves one from its
+    validation split (which it never trained on, though it was tuned on all of it)."""
     if split == "test":
         return load_split(data, "test")
-    if split != "val":
-        raise ValueError(f"split must be 'val' or 'test', not {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     ds = load_split(data, "train")
     if meta.data_fingerprint and ds.fingerprint != meta.data_fingerprint:
         logger.warning(
@@ -72,9 +90,21 @@ def load_eval_split(data: str, split: str, meta: ModelMeta) -> CifakeSplit:
             ds.fingerprint,
             meta.data_fingerprint,
         )
-    _, val_idx = split_train_val(
-        ds, float(meta.split.get("val_fraction", 0.1)), int(meta.split.get("seed", 0))
-    )
+    seed = int(meta.split.get("seed", 0))
+    _, val_idx = split_train_val(ds, float(meta.split.get("val_fraction", 0.1)), seed)
+    fraction = float(meta.split.get("report_fraction", 0.0))
+    if report_fraction is not None:
+        if fraction and report_fraction != fraction:
+            raise ValueError(f"the model's report split is {fraction} of validation, not {report_fraction}")
+        fraction = report_fraction
+    if split == "report" and not fraction:
+        raise ValueError(
+            f"{meta.version or 'this model'} was trained without a report split; "
+            "give --report-fraction to carve one out of its validation split"
+        )
+    if fraction:
+        tune_idx, report_idx = split_report(ds, val_idx, fraction, seed)
+        val_idx = report_idx if split == "report" else tune_idx
     return ds.subset(val_idx)
 
 
@@ -124,7 +154,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     device = pick_device(cfg.device)
     wpath = resolve_weights(cfg.weights)
     model, meta = load_weights(wpath, device=device)
-    ds = load_eval_split(cfg.data, cfg.split, meta)
+    ds = load_eval_split(cfg.data, cfg.split, meta, cfg.report_fraction)
     t0 = time.perf_counter()
     logits = predict_logits(model, ds.images, meta.mean, meta.std, cfg.batch_size, device)
     scoring_s = time.perf_counter() - t0

@@ -24,7 +24,7 @@ from torch import nn
 
 from retrainer.augment import jpeg_bank, random_flip_translate
 from retrainer.checkpoint import load_checkpoint, save_checkpoint
-from retrainer.data import CifakeSplit, dedup_index, load_split, split_train_val
+from retrainer.data import CifakeSplit, dedup_index, load_split, split_report, split_train_val
 from retrainer.metrics import auroc, best_threshold, ece, fit_temperature, nll
 from scorer.drift import META_KEY, reference_histogram
 from scorer.infer import memory_format, p_fake_from_logits, pick_device, predict_logits
@@ -54,6 +54,9 @@ class TrainConfig:
     jpeg_q_max: int = 90
     shift: int = 2
     val_fraction: float = 0.1
+    # Share of the validation split held out for the final report (retrainer.data.split_report): never
+    # used for early stopping, temperature or threshold. 0: the whole validation split tunes (v1-v3).
+    report_fraction: float = 0.0
     seed: int = 0
     max_train: int | None = None
     max_steps: int | None = None
@@ -202,10 +205,22 @@ def _evaluate(
     }, logits
 
 
+def split_meta(val_fraction: float, seed: int, report_fraction: float) -> dict[str, float | int]:
+    """The metadata that reproduces the split; ``report_fraction`` only when there is a report part, so
+    that files written before it existed read the same."""
+    out: dict[str, float | int] = {"val_fraction": val_fraction, "seed": seed}
+    if report_fraction > 0:
+        out["report_fraction"] = report_fraction
+    return out
+
+
 def prepare_data(cfg: TrainConfig) -> tuple[CifakeSplit, CifakeSplit, CifakeSplit]:
     """(all, train, val): train is de-duplicated (duplicates only re-weight), val keeps every copy."""
     ds = load_split(cfg.data, "train")
     train_idx, val_idx = split_train_val(ds, cfg.val_fraction, cfg.seed)
+    if cfg.report_fraction > 0:
+        val_idx, report_idx = split_report(ds, val_idx, cfg.report_fraction, cfg.seed)
+        logger.info("%d validation images held out for the final report", len(report_idx))
     train_idx = np.intersect1d(train_idx, dedup_index(ds.hashes))
     if cfg.max_train is not None and cfg.max_train < len(train_idx):
         train_idx = _subsample(train_idx, ds, cfg.max_train, cfg.seed)
@@ -384,7 +399,7 @@ def _finalize(
         threshold=threshold,
         temperature=temperature,
         data_fingerprint=ds.fingerprint,
-        split={"val_fraction": cfg.val_fraction, "seed": cfg.seed},
+        split=split_meta(cfg.val_fraction, cfg.seed, cfg.report_fraction),
         metrics=metrics,
         train_config={k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"},
         version=version,

@@ -21,23 +21,28 @@ def _add_bench_model(sub: SubParsers) -> Handler:
     p.add_argument(
         "--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ..."
     )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--min-time", type=float, default=2.0, help="seconds timed per batch size")
+    p.add_argument(
+        "--runtime",
+        default="auto",
+        choices=("auto", "onnxruntime", "torch"),
+        help="what runs the model: auto is ONNX Runtime on CPU, PyTorch on CUDA (as in the scorer)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         import torch
 
-        from scorer.bench import bench_model
-        from scorer.infer import pick_device
-        from scorer.weights import load_weights
+        from scorer.bench import bench_serving
+        from scorer.engine import ServingModel
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        device = pick_device(args.device)
-        model, meta = load_weights(args.weights, device=device)
-        logging.getLogger(__name__).info("benchmarking %s (%s) on %s", meta.version, meta.arch, device)
-        result = bench_model(model, device, meta.input_size, min_time=args.min_time)
-        return cli.print_result(result)
+        model = ServingModel.load(args.weights, args.device, runtime=args.runtime)
+        logging.getLogger(__name__).info(
+            "benchmarking %s (%s) on %s with %s", model.version, model.meta.arch, model.device, model.runtime
+        )
+        return cli.print_result(bench_serving(model, min_time=args.min_time))
 
     return run
 

@@ -1,6 +1,9 @@
-"""Raw model throughput (images/s) on random input, without decoding or preprocessing.
+"""Model throughput (images/s) on random input, without decoding.
 
-Figures are wall-clock and depend on the machine and its load; tests never assert on them.
+``bench_model`` times a PyTorch module on float input (the GPU check's precisions); ``bench_serving``
+times ``ServingModel.predict`` on uint8 images, i.e. what the scorer runs (normalisation included, on the
+runtime it chose). Figures are wall-clock and depend on the machine and its load; tests never assert on
+them.
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from scorer.engine import ServingModel
 from scorer.infer import memory_format
 from scorer.models import count_params
 
@@ -70,4 +75,32 @@ def bench_model(
     )
     out["device"] = name
     out["params"] = count_params(model)
+    return out
+
+
+def bench_serving(
+    model: ServingModel, batch_sizes: tuple[int, ...] = (1, 32, 256), min_time: float = 1.0, warmup: int = 3
+) -> dict[str, Any]:
+    """``bench_model``'s result for ``model.predict`` on random uint8 images, plus the runtime."""
+    size = model.input_size
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {}
+    for bs in batch_sizes:
+        images = rng.integers(0, 256, (bs, size, size, 3), dtype=np.uint8)
+        for _ in range(warmup):
+            model.predict(images)
+        n, t0 = 0, time.perf_counter()
+        while n < 3 or time.perf_counter() - t0 < min_time:
+            model.predict(images)  # returns host numpy: CUDA work is finished when it returns
+            n += 1
+        out[f"batch{bs}_images_per_s"] = round(n * bs / (time.perf_counter() - t0), 1)
+        logger.info("batch %d: %.1f images/s", bs, out[f"batch{bs}_images_per_s"])
+    threads = model.runner.threads if model.runner is not None else torch.get_num_threads()
+    out["device"] = (
+        torch.cuda.get_device_name(model.device)
+        if model.device.type == "cuda"
+        else f"cpu ({threads} threads)"
+    )
+    out["runtime"] = model.runtime
+    out["params"] = count_params(model.model)
     return out

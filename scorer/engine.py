@@ -18,6 +18,7 @@ from torch import nn
 
 from scorer.infer import memory_format, pick_device
 from scorer.preprocess import normalize_uint8
+from scorer.runtime import OnnxRunner, resolve_runtime
 from scorer.weights import ModelMeta, load_weights, resolve_weights
 
 logger = logging.getLogger(__name__)
@@ -40,15 +41,27 @@ class ServingModel:
     version: str
     sha256: str
     device: torch.device
+    # ONNX Runtime's view of ``model`` (scorer/runtime.py), or None when ``predict`` runs PyTorch.
+    runner: OnnxRunner | None = None
+
+    @property
+    def runtime(self) -> str:
+        return "onnxruntime" if self.runner is not None else "torch"
 
     @classmethod
     def load(
-        cls, spec: str | Path, device: torch.device | str = "auto", version: str | None = None
+        cls,
+        spec: str | Path,
+        device: torch.device | str = "auto",
+        version: str | None = None,
+        runtime: str = "auto",
     ) -> ServingModel:
         """Load ``spec`` ("default" or a path). The version is the one in the metadata unless given.
 
         A file without a version in its metadata is named after its content hash, so two different
-        unnamed files can never be confused in the verdicts table.
+        unnamed files can never be confused in the verdicts table. ``runtime`` (``auto``, ``onnxruntime``,
+        ``torch``): what ``predict`` runs; ``auto`` is ONNX Runtime on CPU, with as many threads as
+        PyTorch has (``torch.set_num_threads`` before loading).
         """
         dev = pick_device(device) if isinstance(device, str) else device
         path = resolve_weights(str(spec))
@@ -56,10 +69,20 @@ class ServingModel:
         model, meta = load_weights(path, device=dev)
         model = model.to(memory_format=memory_format(dev))
         name = version or meta.version or f"sha-{digest[:12]}"
+        runner = None
+        if resolve_runtime(runtime, dev) == "onnxruntime":
+            size = int(meta.input_size)
+            runner = OnnxRunner(model, size, meta.mean, meta.std, torch.get_num_threads())
         logger.info(
-            "loaded model %s (%s, threshold %.3f) from %s on %s", name, meta.arch, meta.threshold, path, dev
+            "loaded model %s (%s, threshold %.3f) from %s on %s, %s",
+            name,
+            meta.arch,
+            meta.threshold,
+            path,
+            dev,
+            "ONNX Runtime" if runner is not None else "PyTorch",
         )
-        return cls(model, meta, name, digest, dev)
+        return cls(model, meta, name, digest, dev, runner)
 
     @property
     def input_size(self) -> int:
@@ -70,6 +93,9 @@ class ServingModel:
         if len(images) == 0:
             return np.zeros((0,), np.float32)
         n = len(images)
+        if self.runner is not None:
+            # No padding: ONNX Runtime keeps no per-shape kernel state (its arena grows to the largest batch).
+            return self.runner(images)
         x = normalize_uint8(images, self.meta.mean, self.meta.std)
         padded = padded_batch_size(n)
         if padded > n:

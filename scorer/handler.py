@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -41,6 +42,9 @@ from scorer.signals import (
 from scorer.sink import ImageRow, VerdictSink
 
 logger = logging.getLogger(__name__)
+
+# Which inline images the scorer stores in the object store (ScorerSettings.persist_inline).
+PersistInline = Literal["all", "flagged", "none"]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -107,7 +111,7 @@ class ScoreHandler:
         next_model: Callable[[], ServingModel | None],
         uncertain_band: float,
         metrics: ScorerMetrics,
-        persist_inline: bool = True,
+        persist_inline: PersistInline | bool = "all",
         decode_workers: int = 2,
         chunk: int = 64,
         signals: SignalSettings | None = None,
@@ -122,17 +126,23 @@ class ScoreHandler:
         self.next_model = next_model
         self.band = uncertain_band
         self.metrics = metrics
-        self.persist_inline = persist_inline
+        self.persist_inline: PersistInline = (
+            ("all" if persist_inline else "none") if isinstance(persist_inline, bool) else persist_inline
+        )
         self.chunk = max(1, chunk)
         self.signal_settings = signals
         self.reader = SignalReader(signals) if signals is not None else None
         self.known_index = known_index
         # PIL releases the GIL while decoding, so a small pool overlaps decodes on a multi-core host.
         self._decode_pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode")
+        # Inline images are stored concurrently: one PUT after another held a 256-image batch for 256
+        # round trips of the object store.
+        self._put_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="put")
         self._show_model()
 
     def close(self) -> None:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._put_pool.shutdown(wait=False, cancel_futures=True)
 
     def _show_model(self) -> None:
         self.metrics.model_info.clear()
@@ -155,9 +165,10 @@ class ScoreHandler:
         if not items:
             return
         t3 = time.monotonic()
-        self._persist_inline(items)
         verdicts = self._verdicts(items, p_fake, model, timings)
-        self.sink.write([self._image_row(it, v) for it, v in zip(items, verdicts, strict=True)], verdicts)
+        stored = self._persist_inline(items, verdicts)
+        rows = [self._image_row(it, v, id(it) in stored) for it, v in zip(items, verdicts, strict=True)]
+        self.sink.write(rows, verdicts)
         t4 = time.monotonic()
         for it, v in zip(items, verdicts, strict=True):
             batch.produce(IMAGES_VERDICTS, it.record.key or v.image_id.encode(), encode(v), it.record)
@@ -311,17 +322,29 @@ class ScoreHandler:
         finally:
             self.fetcher.budget.release(len(data))
 
-    def _persist_inline(self, items: list[_Item]) -> None:
-        """Inline images are stored under their hash so the explainer and reviewers can see them later."""
-        if not self.persist_inline:
-            return
-        for it in items:
-            if it.msg.inline is not None and it.data is not None and it.digest is not None:
-                self.store.put("images", it.digest, it.data)
+    def _persist_inline(self, items: list[_Item], verdicts: list[Verdict]) -> set[int]:
+        """Store inline images under their hash, so that the explainer and reviewers can see them later:
+        all of them, or with ``flagged`` only those not labelled ``real`` (what the explainer's default
+        policy explains and the console queues). Returns ``id()`` of the stored items; a failed PUT raises
+        (transient: the batch is retried) before any verdict is written."""
+        if self.persist_inline == "none":
+            return set()
+        todo = [
+            it
+            for it, v in zip(items, verdicts, strict=True)
+            if it.msg.inline is not None
+            and it.data is not None
+            and it.digest is not None
+            and (self.persist_inline == "all" or v.label != "real")
+        ]
+        jobs = [self._put_pool.submit(self.store.put, "images", it.digest, it.data) for it in todo]  # type: ignore[arg-type]
+        for job in jobs:
+            job.result()
+        return {id(it) for it in todo}
 
-    def _image_row(self, it: _Item, v: Verdict) -> ImageRow:
+    def _image_row(self, it: _Item, v: Verdict, stored: bool) -> ImageRow:
         digest = it.digest or hashlib.sha256(b"").hexdigest()
-        ref = it.msg.ref or (f"s3://images/{digest}" if self.persist_inline else None)
+        ref = it.msg.ref or (f"s3://images/{digest}" if stored else None)
         pdq = v.signals.pdq if v.signals is not None else None  # hashed once, in the decode thread
         return ImageRow(
             it.msg.image_id,

@@ -51,8 +51,10 @@ class ModelWatcher(TopicFollower):
         topic: str = MODELS_PUBLISHED,
         replay_last: bool = True,
         current_version: Callable[[], str] | None = None,
+        runtime: str = "auto",
     ) -> None:
         self.kafka = kafka
+        self.runtime = runtime
         self.topic = topic
         self.store = store
         self.device = device
@@ -134,7 +136,9 @@ class ModelWatcher(TopicFollower):
             return
 
     def _fetch_and_load(self, msg: ModelPublished) -> ServingModel:
-        return fetch_verified_model(self.store, msg.object_key, msg.sha256, msg.version, self.device)
+        return fetch_verified_model(
+            self.store, msg.object_key, msg.sha256, msg.version, self.device, runtime=self.runtime
+        )
 
 
 def fetch_verified_model(
@@ -144,6 +148,7 @@ def fetch_verified_model(
     version: str,
     device: str | torch.device,
     code_prefix: str = "",
+    runtime: str = "auto",
 ) -> ServingModel:
     """Download weights (a key in bucket ``models`` or an s3:// ref), check their sha256, load them.
 
@@ -164,7 +169,7 @@ def fetch_verified_model(
         path = Path(tmp) / "weights.safetensors"
         path.write_bytes(data)
         try:
-            return ServingModel.load(path, device, version=version)
+            return ServingModel.load(path, device, version=version, runtime=runtime)
         except Exception as e:  # a corrupt or foreign file: safetensors/metadata/shape errors
             raise PermanentError(
                 f"weights do not load: {type(e).__name__}: {e}", code=code_prefix + "unloadable"

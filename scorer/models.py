@@ -240,13 +240,14 @@ class FastNet(nn.Module):
         self.head = nn.Linear(w3, NUM_CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = len(x)
         if self.tta_flip:
             x = torch.cat([x, x.flip(-1)])
         x = self.block3(self.block2(self.block1(self.stem(x))))
         pooled = torch.flatten(self.pool(x), 1)
         if self.tta_flip:
-            pooled = (pooled[:n] + pooled[n:]) / 2
+            # A reshape rather than slicing at len(x): an exported graph (scorer/runtime.py) keeps the
+            # batch size symbolic instead of baking in the one it was traced with.
+            pooled = pooled.unflatten(0, (2, -1)).mean(0)
         return self.head(self.dropout(pooled))
 
 

@@ -30,6 +30,7 @@ from ingest.known_csv import parse_csv
 from scorer.engine import ServingModel, label_for
 from scorer.known_index import Entry, KnownIndex
 from scorer.pdq import from_hex
+from scorer.runtime import RUNTIMES
 from scorer.signals import ImageSignals, SignalReader, SignalSettings, decide, lookup
 
 logger = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ def run_score(args: argparse.Namespace, make_hook: Callable[[ServingModel], Batc
     """``scorer score``; ``make_hook`` builds an ``on_batch`` hook for the loaded model (``python -m explainer
     score --explain DIR`` passes one that writes Grad-CAM files)."""
     limits = DecodeLimits()
-    model = ServingModel.load(args.weights, args.device)
+    model = ServingModel.load(args.weights, args.device, runtime=args.runtime)
     signals = None if args.no_signals else SignalSettings()
     index = None
     if args.known and signals is not None:
@@ -211,6 +212,9 @@ def add_score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="write JSON lines here (default: stdout)")
     p.add_argument("--weights", default="default", help="weights file or 'default'")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--runtime", default="auto", choices=RUNTIMES, help="auto: ONNX Runtime on CPU, PyTorch on CUDA"
+    )
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--uncertain-band", type=float, default=0.1)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 from prometheus_client import CollectorRegistry
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from ingest import cli
@@ -23,10 +23,12 @@ from ingest.settings import ServiceSettings, StackSettings, describe, load
 from ingest.storage import S3Store
 from ingest.topics import IMAGES_SUBMITTED, MODELS_PUBLISHED
 from scorer.engine import ServingModel, warm_up
-from scorer.handler import ScoreHandler, ScorerMetrics
+from scorer.handler import PersistInline, ScoreHandler, ScorerMetrics
 from scorer.hotswap import ModelWatcher
+from scorer.infer import pick_device
 from scorer.known_index import KnownIndex
 from scorer.known_watcher import KnownContentWatcher
+from scorer.runtime import Runtime
 from scorer.signals import SignalSettings
 from scorer.sink import PostgresVerdictSink
 
@@ -46,12 +48,17 @@ class ScorerSettings(ServiceSettings):
     metrics_port: int | None = 9101
     weights: str = "default"
     device: str = "auto"
+    # What runs the model: ONNX Runtime on CPU and PyTorch on CUDA by default (scorer/runtime.py).
+    runtime: Runtime = "auto"
     threads: int | None = Field(default=None, ge=1)
     max_batch: int = Field(default=256, ge=1, le=4096)
     max_wait_ms: int = Field(default=20, ge=0)
     # Verdicts within this distance of the model's threshold are labelled "uncertain".
     uncertain_band: float = Field(default=0.1, ge=0.0, le=0.5)
-    persist_inline: bool = True
+    # Inline images (bytes in the message) are stored in the ``images`` bucket for the explainer and the
+    # console: ``all``; ``flagged``: only those not labelled real (half the PUTs on even traffic, and
+    # a real verdict's image stays with the platform); ``none``. true/false mean all/none.
+    persist_inline: PersistInline = "all"
     follow_models: bool = True
     decode_workers: int = Field(default=2, ge=1)
     # Images per inference call inside a micro-batch: while one chunk is inferred the next ones are
@@ -60,6 +67,16 @@ class ScorerSettings(ServiceSettings):
     fetch: FetchSettings = FetchSettings()
     limits: DecodeLimits = DecodeLimits()
     signals: SignalSettings = SignalSettings()
+
+    @field_validator("persist_inline", mode="before")
+    @classmethod
+    def _persist_bool(cls, v: object) -> object:
+        """The setting was a boolean before ``flagged`` existed: true/false still work."""
+        if isinstance(v, bool):
+            return "all" if v else "none"
+        if isinstance(v, str) and v.strip().lower() in {"true", "false", "1", "0", "yes", "no"}:
+            return "all" if v.strip().lower() in {"true", "1", "yes"} else "none"
+        return v
 
 
 def cpu_threads(configured: int | None, cpus: int | None = None) -> int:
@@ -88,10 +105,11 @@ def run_scorer(
     pass their own to watch it fill); a new one when None."""
     logger.info("scorer settings: %s", describe(settings))
     store = S3Store(stack.s3)
-    model = ServingModel.load(settings.weights, settings.device)
-    if model.device.type == "cpu":
+    if pick_device(settings.device).type == "cpu":
+        # Before loading: the ONNX Runtime session takes its thread count from here.
         torch.set_num_threads(cpu_threads(settings.threads))
         logger.info("inference on %d CPU thread(s)", torch.get_num_threads())
+    model = ServingModel.load(settings.weights, settings.device, runtime=settings.runtime)
     logger.info("warm-up: %d batch sizes", warm_up(model, settings.max_batch))
     registry = new_registry()
     with contextlib.ExitStack() as resources:
@@ -108,6 +126,7 @@ def run_scorer(
                 registry,
                 topic=settings.models_topic,
                 current_version=lambda: handler.model.version,
+                runtime=settings.runtime,
             )
         handler = ScoreHandler(
             fetcher=fetcher,

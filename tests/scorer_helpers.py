@@ -167,8 +167,10 @@ class MemorySink:
 
     def __init__(self) -> None:
         self.verdicts: list[Verdict] = []
+        self.images: list[ImageRow] = []
 
     def write(self, images: list[ImageRow], verdicts: list[Verdict]) -> None:
+        self.images.extend(images)
         self.verdicts.extend(verdicts)
 
     def close(self) -> None:

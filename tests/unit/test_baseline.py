@@ -44,11 +44,17 @@ def test_the_last_json_line_is_the_result() -> None:
 
 def test_ratios_are_current_over_baseline_with_cpu_summed_over_processes() -> None:
     baseline = {"images_per_s": 500.0, "p99_ms": 200.0, "cpu_ms_per_image": {"scorer": 2.0, "minio": 0.5}}
-    current = {"images_per_s": 900.0, "p99_ms": 100.0, "cpu_ms_per_image": {"scorer": 1.0, "minio": 0.5}}
+    current = {
+        "images_per_s": 900.0,
+        "p99_ms": 100.0,
+        "cpu_ms_per_image": {"scorer": 1.0, "minio": 0.5},
+        "inline_images_per_s": 1250.0,
+    }
     got = ratios(current, baseline)
     assert got == {
         "images_per_s": 1.8,
         "cpu_ms_per_image": 0.6,
         "p99_ms": 0.5,
         "two_scorers_images_per_s": None,
+        "inline_vs_baseline_reference": 2.5,  # the baseline had no inline phase: its reference figure
     }

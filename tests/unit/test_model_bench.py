@@ -23,6 +23,8 @@ def test_bench_model_prints_one_json_line(tmp_path: Path, capsys: pytest.Capture
         "batch256_images_per_s",
         "device",
         "params",
+        "runtime",
     }
+    assert last["runtime"] == "onnxruntime"  # auto, on the CPU
     assert all(last[k] > 0 for k in ("batch1_images_per_s", "batch32_images_per_s", "batch256_images_per_s"))
     assert last["params"] == sum(p.numel() for p in create_model("fastnet_s").parameters())
