@@ -43,7 +43,7 @@ def _version(pkg: str) -> str | None:
 
 
 def machine_info(
-    packages: tuple[str, ...] = ("torch", "pdqhash", "faiss-cpu", "c2pa-python"),
+    packages: tuple[str, ...] = ("torch", "onnxruntime", "pdqhash", "faiss-cpu", "c2pa-python"),
 ) -> dict[str, Any]:
     return {
         "cpu": _cpu_model(),

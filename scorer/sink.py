@@ -1,7 +1,8 @@
 """Where verdicts become durable: the ``images`` and ``verdicts`` tables, in one transaction per batch.
 
 Both inserts are keyed upserts that keep the first row (``ON CONFLICT DO NOTHING``): a replayed record,
-scored again by the same model version, changes nothing.
+scored again by the same model version, changes nothing. An image row only gains what it lacked: its PDQ
+hash, or its reference when an inline image left unstored (``persist_inline=flagged``) is stored later.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ logger = logging.getLogger(__name__)
 
 INSERT_IMAGES = """
 INSERT INTO images (id, ref, sha256, source, submitted_at, metadata, pdq, pdq_quality) VALUES %s
-ON CONFLICT (id) DO UPDATE SET pdq = EXCLUDED.pdq, pdq_quality = EXCLUDED.pdq_quality
-WHERE images.pdq IS NULL AND EXCLUDED.pdq IS NOT NULL
+ON CONFLICT (id) DO UPDATE SET
+    pdq = COALESCE(images.pdq, EXCLUDED.pdq),
+    pdq_quality = CASE WHEN images.pdq IS NULL THEN EXCLUDED.pdq_quality ELSE images.pdq_quality END,
+    ref = COALESCE(images.ref, EXCLUDED.ref)
+WHERE (images.pdq IS NULL AND EXCLUDED.pdq IS NOT NULL) OR (images.ref IS NULL AND EXCLUDED.ref IS NOT NULL)
 """
 
 INSERT_VERDICTS = """

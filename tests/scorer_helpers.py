@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
+import itertools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from PIL import Image
 
 from ingest.contracts import ImageSubmitted, Verdict, decode, encode, utcnow
 from ingest.db import connect
-from ingest.loop import RunStats
+from ingest.loop import Batch, Record, RunStats
 from ingest.settings import StackSettings
 from ingest.storage import S3Store
 from ingest.topics import IMAGES_VERDICTS
@@ -175,3 +177,22 @@ class MemorySink:
 
     def close(self) -> None:
         pass
+
+
+_inline_offsets = itertools.count()
+
+
+def inline_batch(images: list[bytes], prefix: str) -> Batch:
+    """A batch of ``images.submitted`` records carrying ``images`` inline, ids ``<prefix>-<i>``."""
+    records = []
+    for i, data in enumerate(images):
+        msg = ImageSubmitted(
+            image_id=f"{prefix}-{i}",
+            inline=base64.b64encode(data).decode(),
+            submitted_at=utcnow(),
+            source="t",
+        )
+        records.append(
+            Record("images.submitted", 0, next(_inline_offsets), msg.image_id.encode(), encode(msg))
+        )
+    return Batch(records)

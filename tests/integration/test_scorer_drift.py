@@ -3,8 +3,6 @@ metrics registry as the scoring handler drives them (with a real model, in-memor
 
 from __future__ import annotations
 
-import base64
-import itertools
 import math
 from pathlib import Path
 
@@ -12,10 +10,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from ingest.contracts import ImageSubmitted, encode, utcnow
 from ingest.decode import DecodeLimits
 from ingest.fetch import Fetcher
-from ingest.loop import Batch, Record
 from ingest.metrics import new_registry
 from scorer.drift import (
     EDGES,
@@ -30,7 +26,7 @@ from scorer.engine import ServingModel
 from scorer.handler import ScoreHandler, ScorerMetrics
 from scorer.weights import ModelMeta, read_meta, save_weights
 from tests.fetch_helpers import MemoryStore
-from tests.scorer_helpers import MemorySink, jpeg, make_weights
+from tests.scorer_helpers import MemorySink, inline_batch, jpeg, make_weights
 
 # -- PSI arithmetic ---------------------------------------------------------------------------
 
@@ -171,19 +167,6 @@ def test_batch_larger_than_window() -> None:
 # -- on the scorer's registry, driven by the handler -------------------------------------------
 
 
-_offsets = itertools.count()
-
-
-def _batch(images: list[bytes]) -> Batch:
-    records = []
-    for i, data in enumerate(images):
-        msg = ImageSubmitted(
-            image_id=f"drift-{i}", inline=base64.b64encode(data).decode(), submitted_at=utcnow(), source="t"
-        )
-        records.append(Record("images.submitted", 0, next(_offsets), msg.image_id.encode(), encode(msg)))
-    return Batch(records)
-
-
 def test_scorer_registry_exports_drift_and_resets_on_swap(tmp_path: Path) -> None:
     images = [jpeg(seed) for seed in range(500)]  # the default min_live
     first = ServingModel.load(make_weights(tmp_path / "a.safetensors", "v-a", seed=1), "cpu")
@@ -202,7 +185,7 @@ def test_scorer_registry_exports_drift_and_resets_on_swap(tmp_path: Path) -> Non
         metrics=ScorerMetrics.create(new_registry()),
         persist_inline=False,
     )
-    probe(_batch(images))
+    probe(inline_batch(images, "drift"))
     own = [v.p_fake for v in probe.sink.verdicts]  # type: ignore[attr-defined]
     probe.close()
     meta: ModelMeta = second.meta
@@ -222,7 +205,7 @@ def test_scorer_registry_exports_drift_and_resets_on_swap(tmp_path: Path) -> Non
         persist_inline=False,
     )
     try:
-        handler(_batch(images[:20]))
+        handler(inline_batch(images[:20], "drift"))
         text = generate_latest(registry).decode()
         for name in (
             "scorer_pfake_psi",
@@ -236,7 +219,7 @@ def test_scorer_registry_exports_drift_and_resets_on_swap(tmp_path: Path) -> Non
         assert _sample(registry, "scorer_pfake_ratio_count", {"model_version": "v-a"}) == 20
 
         pending.append(second)
-        handler(_batch(images))
+        handler(inline_batch(images, "drift"))
         assert handler.model.version == "v-b"
         assert _reference(registry, "v-a", "warmup") is None
         assert _reference(registry, "v-b", "validation") == 1

@@ -3,30 +3,24 @@ none; the image row's reference says which, and a failed PUT writes no verdict."
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import io
-import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from ingest.contracts import ImageSubmitted, encode, utcnow
 from ingest.decode import DecodeLimits
 from ingest.errors import TransientError
 from ingest.fetch import Fetcher
-from ingest.loop import Batch, Record
 from ingest.metrics import new_registry
 from scorer.engine import ServingModel
 from scorer.handler import PersistInline, ScoreHandler, ScorerMetrics
 from scorer.service import ScorerSettings
 from tests.fetch_helpers import MemoryStore
-from tests.scorer_helpers import MemorySink, make_weights
-
-_offsets = itertools.count()
+from tests.scorer_helpers import MemorySink, inline_batch, make_weights
 
 
 class _Brightness(ServingModel):
@@ -50,16 +44,6 @@ def _flat_jpeg(value: int) -> bytes:
     return buf.getvalue()
 
 
-def _batch(images: list[bytes]) -> Batch:
-    records = []
-    for i, data in enumerate(images):
-        msg = ImageSubmitted(
-            image_id=f"inl-{i}", inline=base64.b64encode(data).decode(), submitted_at=utcnow(), source="t"
-        )
-        records.append(Record("images.submitted", 0, next(_offsets), msg.image_id.encode(), encode(msg)))
-    return Batch(records)
-
-
 def _run(
     model: ServingModel,
     policy: PersistInline,
@@ -81,7 +65,7 @@ def _run(
         signals=None,
     )
     try:
-        handler(_batch(images))
+        handler(inline_batch(images, "inl"))
     finally:
         handler.close()
     return sink

@@ -3,6 +3,7 @@ training tunes on, stratified and grouped by content, reproducible from the mode
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -39,18 +40,23 @@ def test_report_part_is_a_stratified_content_grouped_half_of_validation(data: Pa
     assert not np.array_equal(split_report(ds, val_idx, 0.5, seed=1)[1], report)
 
 
-def test_training_never_sees_the_report_part(data: Path, tmp_path: Path) -> None:
-    cfg = TrainConfig(
+def _cfg(data: Path, out: Path, version: str) -> TrainConfig:
+    """One tiny epoch with a report split of half the validation split."""
+    return TrainConfig(
         data=str(data),
         arch="fastnet_s",
-        out=str(tmp_path / "run"),
+        out=str(out),
         epochs=1,
         batch_size=32,
         val_fraction=0.3,
         report_fraction=0.5,
         progress=False,
-        version="r1",
+        version=version,
     )
+
+
+def test_training_never_sees_the_report_part(data: Path, tmp_path: Path) -> None:
+    cfg = _cfg(data, tmp_path / "run", "r1")
     ds, train_part, val_part = prepare_data(cfg)
     meta = read_meta(train(cfg).weights)
     assert meta.split == {"val_fraction": 0.3, "seed": 0, "report_fraction": 0.5}
@@ -73,3 +79,19 @@ def test_an_older_model_needs_an_explicit_fraction(data: Path) -> None:
     trained = ModelMeta(arch="fastnet_s", split={"val_fraction": 0.3, "seed": 0, "report_fraction": 0.5})
     with pytest.raises(ValueError, match=r"not 0\.4"):
         load_eval_split(str(data), "report", trained, report_fraction=0.4)
+
+
+def test_report_split_command_writes_the_figures_with_the_machine(data: Path, tmp_path: Path) -> None:
+    from harness.report_split import main as report_main
+
+    weights = train(_cfg(data, tmp_path / "run", "r2")).weights
+    out = tmp_path / "report_split.json"
+    assert (
+        report_main(["--data", str(data), "--weights", str(weights), "--out", str(out), "--threads", "1"])
+        == 0
+    )
+    doc = json.loads(out.read_text())
+    assert doc["split"] == "report" and "machine" in doc
+    assert 0.0 <= doc["accuracy_at_0.5"] <= 1.0 and doc["threshold"] == read_meta(weights).threshold
+    n_report = len(load_eval_split(str(data), "report", read_meta(weights)))
+    assert doc["counts"]["n"] == n_report
