@@ -17,6 +17,7 @@ to call from several threads (``InferenceSession.run`` is).
 from __future__ import annotations
 
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,9 @@ from torch import nn
 
 Runtime = Literal["auto", "onnxruntime", "torch"]
 RUNTIMES: tuple[str, ...] = ("auto", "onnxruntime", "torch")
+# TorchScript tracing keeps global state: two exports at once in one process (a hot swap while another
+# model loads, or several scorers in one test process) must not interleave.
+_EXPORT_LOCK = threading.Lock()
 
 
 def resolve_runtime(runtime: str, device: torch.device) -> str:
@@ -64,7 +68,7 @@ def export_onnx(model: nn.Module, input_size: int, mean: Sequence[float], std: S
     """The serialized ONNX graph of ``model`` with preprocessing and softmax, batch axis symbolic."""
     served = _Served(model, mean, std).eval().cpu()
     example = torch.zeros((2, input_size, input_size, 3), dtype=torch.uint8)
-    with tempfile.TemporaryDirectory(prefix="cifake-onnx-") as tmp, warnings.catch_warnings():
+    with _EXPORT_LOCK, tempfile.TemporaryDirectory(prefix="cifake-onnx-") as tmp, warnings.catch_warnings():
         path = Path(tmp) / "model.onnx"
         # The TorchScript-based exporter is deprecated in favour of the dynamo one, which needs
         # onnxscript and more; for this graph of convolutions it is exact (checked in tests).

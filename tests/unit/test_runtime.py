@@ -106,3 +106,16 @@ def test_validation_split_accuracy_unchanged(default_models: tuple[ServingModel,
     for at in ("at_threshold", "at_0.5"):
         assert abs(out[at]["delta_points"]) <= 0.1, out
     assert out["max_abs_p_fake_diff"] < 1e-3, out
+
+
+def test_models_load_from_several_threads_at_once() -> None:
+    """Tracing keeps global state: concurrent exports (a hot swap beside a load, several scorers in one
+    test process) once left a scorer thread stuck; exports are serialised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        models = list(pool.map(lambda _: ServingModel.load("default", "cpu"), range(4)))
+    images = _images(8, seed=4)
+    first = models[0].predict(images)
+    for m in models[1:]:
+        np.testing.assert_array_equal(m.predict(images), first)
