@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from scorer.engine import ServingModel
 from scorer.infer import memory_format
 from scorer.models import count_params
+
+if TYPE_CHECKING:
+    # Only for the annotation: the GPU check imports this module where ONNX Runtime may be missing.
+    from scorer.engine import ServingModel
 
 logger = logging.getLogger(__name__)
 
