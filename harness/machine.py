@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -52,3 +53,13 @@ def machine_info(
         "packages": {p: _version(p) for p in packages},
         "commit": _commit(),
     }
+
+
+def write_result(out: str | None, result: dict[str, Any], command: str) -> None:
+    """The result file the docs quote: ``result`` with where it ran and the ``command`` that wrote it.
+    Nothing is written when ``out`` is empty."""
+    if not out:
+        return
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine_info(), "command": command, **result}, indent=2) + "\n")

@@ -21,8 +21,6 @@ on a topic of its own (2 partitions), so no phase re-reads another's records. It
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import json
 import logging
 import os
@@ -32,7 +30,6 @@ import sys
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,68 +37,19 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
+from harness.bench_inputs import inline_message, prepare_images, reference_message, upload
 from harness.cpu_meter import CpuMeter, stack_services
-from harness.demo_samples import generated_images
+from harness.machine import write_result
 from harness.wait import wait_until
-from ingest.contracts import ImageSubmitted, encode, utcnow
+from ingest.contracts import encode
 from ingest.db import connect
-from ingest.errors import PermanentError
 from ingest.kafka import make_admin, make_producer
 from ingest.settings import KafkaSettings, StackSettings, load
 from ingest.storage import S3Store
 from ingest.topics import IMAGES_VERDICTS
-from scorer.offline import iter_sources
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def prepare_images(n: int, data: str | None, seed: int) -> tuple[list[bytes], str]:
-    if data:
-        from ingest.decode import DecodeLimits
-
-        imgs = []
-        for src in iter_sources([data], DecodeLimits()):
-            if src.refused:  # not an image by its name, or too large: nothing to publish
-                continue
-            imgs.append(src.data)
-            if len(imgs) >= n:
-                break
-        if imgs:
-            return imgs, f"first {len(imgs)} images of {data}"
-    return generated_images(n, seed), f"{n} generated 32x32 JPEGs"
-
-
-def upload(store: S3Store, images: list[bytes]) -> list[str]:
-    """Store ``images`` under their sha256 (the key names the content, so an existing key is skipped).
-
-    Overwriting the same objects on every run made MinIO move the old versions to its trash and purge
-    them in the background, which took CPU from the next runs' measurements."""
-    keys = [hashlib.sha256(b).hexdigest() for b in images]
-
-    def put_missing(key: str, data: bytes) -> None:
-        try:
-            store.stat("images", key)
-        except PermanentError:
-            store.put("images", key, data, "image/jpeg")
-
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda kb: put_missing(*kb), zip(keys, images, strict=True)))
-    return keys
-
-
-def reference_message(
-    image_id: str, key: str, source: str = "bench", bucket: str = "images"
-) -> ImageSubmitted:
-    """The ``images.submitted`` record a platform sends for an object it already stored (submitted now)."""
-    return ImageSubmitted(image_id=image_id, ref=f"s3://{bucket}/{key}", submitted_at=utcnow(), source=source)
-
-
-def inline_message(image_id: str, data: bytes, source: str = "bench") -> ImageSubmitted:
-    """The record for an image sent in the message itself (no object store on the way in)."""
-    return ImageSubmitted(
-        image_id=image_id, inline=base64.b64encode(data).decode(), submitted_at=utcnow(), source=source
-    )
 
 
 def stable_members(kafka: KafkaSettings, group: str) -> int:
@@ -433,25 +381,9 @@ def run_bench(args: argparse.Namespace) -> int:
         "images": described,
         "cpus": os.cpu_count(),
     }
-    write_result(args.out, result)
+    write_result(args.out, result, "python -m harness.pipeline " + " ".join(sys.argv[1:]))
     print(json.dumps(result), flush=True)
     return 0
-
-
-def write_result(out: str | None, result: dict[str, Any], command: str | None = None) -> None:
-    """The result file the docs quote, with where it ran (``harness/machine.py``) and the command."""
-    if not out:
-        return
-    from harness.machine import machine_info
-
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "machine": machine_info(),
-        "command": command or "python -m harness.pipeline " + " ".join(sys.argv[1:]),
-        **result,
-    }
-    path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness.pipeline_bench import write_result
+from harness.machine import write_result
 from ingest import cli
 from retrainer.evaluate import EvalConfig, evaluate
 

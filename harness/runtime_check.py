@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.pipeline_bench import write_result
+from harness.machine import write_result
 from ingest import cli
 from scorer.engine import ServingModel
 

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -36,7 +37,9 @@ from typing import Any
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
-from harness.pipeline_bench import Bench, VerdictCollector, prepare_images, upload, write_result
+from harness.bench_inputs import prepare_images, upload
+from harness.machine import write_result
+from harness.pipeline_bench import Bench, VerdictCollector
 from harness.wait import wait_until
 from ingest.kafka import make_admin
 from ingest.settings import StackSettings, load
@@ -239,7 +242,7 @@ def run_soak(args: argparse.Namespace) -> int:
         bench.delete_topics()
     result.update(measured_images_per_s=measured, measured_runs=runs, images=described, cpus=os.cpu_count())
     out = args.out if args.out != "benchmarks/pipeline/pipeline.json" else "benchmarks/pipeline/soak.json"
-    write_result(out, result)
+    write_result(out, result, "python -m harness.pipeline " + " ".join(sys.argv[1:]))
     print(json.dumps(result), flush=True)
     # stable_p99 is reported, not part of the exit status: a short soak on a busy machine has too few
     # verdicts per interval for a p99 that means much (the CI run has about 200).

@@ -111,7 +111,7 @@ class ScoreHandler:
         next_model: Callable[[], ServingModel | None],
         uncertain_band: float,
         metrics: ScorerMetrics,
-        persist_inline: PersistInline | bool = "all",
+        persist_inline: PersistInline = "all",
         decode_workers: int = 2,
         chunk: int = 64,
         signals: SignalSettings | None = None,
@@ -126,9 +126,7 @@ class ScoreHandler:
         self.next_model = next_model
         self.band = uncertain_band
         self.metrics = metrics
-        self.persist_inline: PersistInline = (
-            ("all" if persist_inline else "none") if isinstance(persist_inline, bool) else persist_inline
-        )
+        self.persist_inline = persist_inline
         self.chunk = max(1, chunk)
         self.signal_settings = signals
         self.reader = SignalReader(signals) if signals is not None else None

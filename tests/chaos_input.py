@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from kafka import KafkaProducer
 
+from harness.bench_inputs import reference_message, upload
 from harness.demo_samples import generated_images
-from harness.pipeline_bench import reference_message, upload
 from ingest.contracts import encode
 from ingest.kafka import make_producer
 from ingest.settings import StackSettings

@@ -18,14 +18,20 @@ from PIL import Image
 
 from ingest.contracts import ImageSubmitted, Verdict, decode, encode, utcnow
 from ingest.db import connect
+from ingest.decode import DecodeLimits
+from ingest.fetch import Fetcher
 from ingest.loop import Batch, Record, RunStats
+from ingest.metrics import new_registry
 from ingest.settings import StackSettings
 from ingest.storage import S3Store
 from ingest.topics import IMAGES_VERDICTS
+from scorer.engine import ServingModel
+from scorer.handler import ScoreHandler, ScorerMetrics
 from scorer.models import create_model, list_models
 from scorer.service import ScorerSettings, run_scorer
 from scorer.sink import ImageRow
 from scorer.weights import ModelMeta, save_weights
+from tests.fetch_helpers import MemoryStore
 from tests.kafka_helpers import produce
 
 
@@ -196,3 +202,21 @@ def inline_batch(images: list[bytes], prefix: str) -> Batch:
             Record("images.submitted", 0, next(_inline_offsets), msg.image_id.encode(), encode(msg))
         )
     return Batch(records)
+
+
+def memory_handler(model: ServingModel, store: MemoryStore | None = None, **overrides: Any) -> ScoreHandler:
+    """A ``ScoreHandler`` on memory fakes (one ``MemoryStore`` for fetching and storing, a ``MemorySink``),
+    storing no inline image, with ``overrides`` for any of its arguments."""
+    store = store if store is not None else MemoryStore()
+    kwargs: dict[str, Any] = dict(
+        fetcher=Fetcher(store),
+        limits=DecodeLimits(),
+        sink=MemorySink(),
+        store=store,
+        model=model,
+        next_model=lambda: None,
+        uncertain_band=0.1,
+        metrics=ScorerMetrics.create(new_registry()),
+        persist_inline="none",
+    )
+    return ScoreHandler(**{**kwargs, **overrides})

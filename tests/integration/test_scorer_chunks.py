@@ -14,15 +14,12 @@ import pytest
 from harness.wait import wait_until
 from ingest.budget import ByteBudget
 from ingest.contracts import ImageSubmitted, encode, utcnow
-from ingest.decode import DecodeLimits
 from ingest.errors import TransientError
-from ingest.fetch import Fetcher
 from ingest.loop import Batch, Record
-from ingest.metrics import new_registry
 from scorer.engine import ServingModel
-from scorer.handler import ScoreHandler, ScorerMetrics
+from scorer.handler import ScoreHandler
 from tests.fetch_helpers import MemoryStore, msg
-from tests.scorer_helpers import MemorySink, jpeg, make_weights
+from tests.scorer_helpers import jpeg, make_weights, memory_handler
 
 _offsets = itertools.count()
 
@@ -46,18 +43,7 @@ def _batch(keys: list[str]) -> Batch:
 
 
 def _handler(store: MemoryStore, model: ServingModel, chunk: int) -> ScoreHandler:
-    return ScoreHandler(
-        fetcher=Fetcher(store),
-        limits=DecodeLimits(),
-        sink=MemorySink(),
-        store=store,
-        model=model,
-        next_model=lambda: None,
-        uncertain_band=0.1,
-        metrics=ScorerMetrics.create(new_registry()),
-        persist_inline=False,
-        chunk=chunk,
-    )
+    return memory_handler(model, store, chunk=chunk)
 
 
 @pytest.fixture(scope="module")

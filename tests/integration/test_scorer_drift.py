@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from ingest.decode import DecodeLimits
-from ingest.fetch import Fetcher
 from ingest.metrics import new_registry
 from scorer.drift import (
     EDGES,
@@ -23,10 +21,9 @@ from scorer.drift import (
     reference_histogram,
 )
 from scorer.engine import ServingModel
-from scorer.handler import ScoreHandler, ScorerMetrics
+from scorer.handler import ScorerMetrics
 from scorer.weights import ModelMeta, read_meta, save_weights
-from tests.fetch_helpers import MemoryStore
-from tests.scorer_helpers import MemorySink, inline_batch, jpeg, make_weights
+from tests.scorer_helpers import inline_batch, jpeg, make_weights, memory_handler
 
 # -- PSI arithmetic ---------------------------------------------------------------------------
 
@@ -174,17 +171,7 @@ def test_scorer_registry_exports_drift_and_resets_on_swap(tmp_path: Path) -> Non
     second = ServingModel.load(second_path, "cpu")
     # The second model's "validation" reference is its own p_fake on these very images, so the live
     # distribution matches it exactly and the PSI must come out ~0.
-    probe = ScoreHandler(
-        fetcher=Fetcher(MemoryStore()),
-        limits=DecodeLimits(),
-        sink=MemorySink(),
-        store=MemoryStore(),
-        model=second,
-        next_model=lambda: None,
-        uncertain_band=0.1,
-        metrics=ScorerMetrics.create(new_registry()),
-        persist_inline=False,
-    )
+    probe = memory_handler(second)
     probe(inline_batch(images, "drift"))
     own = [v.p_fake for v in probe.sink.verdicts]  # type: ignore[attr-defined]
     probe.close()
@@ -193,16 +180,10 @@ def test_scorer_registry_exports_drift_and_resets_on_swap(tmp_path: Path) -> Non
 
     registry = new_registry()
     pending: list[ServingModel] = []
-    handler = ScoreHandler(
-        fetcher=Fetcher(MemoryStore()),
-        limits=DecodeLimits(),
-        sink=MemorySink(),
-        store=MemoryStore(),
-        model=first,
+    handler = memory_handler(
+        first,
         next_model=lambda: pending.pop() if pending else None,
-        uncertain_band=0.1,
         metrics=ScorerMetrics.create(registry),
-        persist_inline=False,
     )
     try:
         handler(inline_batch(images[:20], "drift"))

@@ -12,15 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ingest.decode import DecodeLimits
 from ingest.errors import TransientError
-from ingest.fetch import Fetcher
-from ingest.metrics import new_registry
 from scorer.engine import ServingModel
-from scorer.handler import PersistInline, ScoreHandler, ScorerMetrics
+from scorer.handler import PersistInline
 from scorer.service import ScorerSettings
 from tests.fetch_helpers import MemoryStore
-from tests.scorer_helpers import MemorySink, inline_batch, make_weights
+from tests.scorer_helpers import MemorySink, inline_batch, make_weights, memory_handler
 
 
 class _Brightness(ServingModel):
@@ -52,18 +49,7 @@ def _run(
     sink: MemorySink | None = None,
 ) -> MemorySink:
     sink = sink if sink is not None else MemorySink()
-    handler = ScoreHandler(
-        fetcher=Fetcher(store),
-        limits=DecodeLimits(),
-        sink=sink,
-        store=store,
-        model=model,
-        next_model=lambda: None,
-        uncertain_band=0.0,
-        metrics=ScorerMetrics.create(new_registry()),
-        persist_inline=policy,
-        signals=None,
-    )
+    handler = memory_handler(model, store, sink=sink, uncertain_band=0.0, persist_inline=policy, signals=None)
     try:
         handler(inline_batch(images, "inl"))
     finally:
