@@ -10,6 +10,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from ingest.errors import PermanentError
+from ingest.s3_read import CurlReader
 from ingest.settings import S3Settings
 
 
@@ -29,8 +30,9 @@ class ObjectStore(Protocol):
 
 
 class S3Store:
-    """``ObjectStore`` over the ``minio`` SDK. A missing object is the record's fault (permanent);
-    connection and server errors propagate and are classified as transient by the loop."""
+    """``ObjectStore`` over the ``minio`` SDK, with reads through libcurl (``ingest.s3_read``): the scorer
+    reads every image it scores, and the SDK's Python HTTP stack cost more than the model. A missing object
+    is the record's fault (permanent); connection and server errors are transient for the loop."""
 
     def __init__(self, s3: S3Settings) -> None:
         self.client = Minio(
@@ -40,6 +42,7 @@ class S3Store:
             secure=s3.secure,
             region=s3.region,
         )
+        self.reader = CurlReader(s3)
 
     def put(
         self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"
@@ -58,17 +61,4 @@ class S3Store:
 
     def get(self, bucket: str, key: str, max_bytes: int) -> bytes:
         """Read an object, refusing (permanently) one larger than ``max_bytes``."""
-        try:
-            resp = self.client.get_object(bucket, key)
-        except S3Error as e:
-            if e.code in {"NoSuchKey", "NoSuchBucket"}:
-                raise PermanentError(f"object s3://{bucket}/{key} does not exist") from e
-            raise
-        try:
-            data = resp.read(max_bytes + 1)
-        finally:
-            resp.close()
-            resp.release_conn()
-        if len(data) > max_bytes:
-            raise PermanentError(f"object s3://{bucket}/{key} is larger than {max_bytes} bytes")
-        return data
+        return self.reader.get(bucket, key, max_bytes)

@@ -136,11 +136,15 @@ class ScoreHandler:
         # Inline images are stored concurrently: one PUT after another held a 256-image batch for 256
         # round trips of the object store.
         self._put_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="put")
+        # The model runs on its own thread (ONNX Runtime and PyTorch release the GIL), so that while one
+        # chunk is inferred this thread goes on handing the next arrivals to the decoders.
+        self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
         self._show_model()
 
     def close(self) -> None:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._put_pool.shutdown(wait=False, cancel_futures=True)
+        self._infer_pool.shutdown(wait=False, cancel_futures=True)
 
     def _show_model(self) -> None:
         self.metrics.model_info.clear()
@@ -230,40 +234,41 @@ class ScoreHandler:
     ) -> tuple[list[_Item], np.ndarray]:
         """Fetch, decode and infer ``items``: every fetch starts at once on the fetcher's pool; each image
         goes to the decode pool as soon as it arrives (in arrival order) and gives its bytes back to the
-        fetcher's budget once decoded (``ingest.budget``), and every ``chunk`` decoded images are inferred
-        while the rest are still being fetched. So the network, the decoders and the model overlap, and
-        a batch of phone photos holds at most the budget in raw bytes, not the whole batch. ``timings``
-        gets the milliseconds this thread waited on each stage.
+        fetcher's budget once decoded (``ingest.budget``); every ``chunk`` images handed to the decoders go
+        to the inference thread, which waits for their decodes and runs the model while this thread keeps
+        handing arrivals to the decoders. So the network, the decoders and the model overlap, and a batch of
+        phone photos holds at most the budget in raw bytes, not the whole batch. ``timings`` gets the
+        milliseconds spent on each stage: this thread's wait for fetches, and the inference thread's wait
+        for decodes and its model time.
 
         Returns the items that reached the model and their p_fake; the others are failed.
         """
         budget = self.fetcher.budget
         futures = self.fetcher.submit_within([it.msg for it in items], budget)
         decoding: list[tuple[_Item, Future[PermanentError | None]]] = []
-        scored: list[_Item] = []
-        probs: list[np.ndarray] = []
+        chunks: list[Future[_Chunk]] = []
         t0 = time.monotonic()
-        with contextlib.closing(as_fetched(futures, budget)) as arrivals:
-            for i, res in arrivals:
-                it = items[i]
-                if isinstance(res, bytes):
-                    decoding.append((it, self._submit_decode(it, res, model.input_size)))
-                elif is_transient(res):
-                    raise res  # the whole batch is retried; closing ``arrivals`` returns the budget
-                else:
-                    batch.fail(it.record, res)
-                if len(decoding) >= self.chunk:
-                    timings["fetch"] += (time.monotonic() - t0) * 1e3
-                    self._infer(batch, decoding, model, scored, probs, timings)
-                    t0 = time.monotonic()
-        timings["fetch"] += (time.monotonic() - t0) * 1e3
-        self._infer(batch, decoding, model, scored, probs, timings)
-        if not scored:
-            return [], np.zeros(0, dtype=np.float32)
-        # Back to the batch's order, so that verdicts do not depend on which fetch finished first.
-        position = {id(it): n for n, it in enumerate(items)}
-        order = sorted(range(len(scored)), key=lambda k: position[id(scored[k])])
-        return [scored[k] for k in order], np.concatenate(probs)[order]
+        try:
+            with contextlib.closing(as_fetched(futures, budget)) as arrivals:
+                for i, res in arrivals:
+                    it = items[i]
+                    if isinstance(res, bytes):
+                        decoding.append((it, self._submit_decode(it, res, model.input_size)))
+                    elif is_transient(res):
+                        raise res  # the whole batch is retried; closing ``arrivals`` returns the budget
+                    else:
+                        batch.fail(it.record, res)
+                    if len(decoding) >= self.chunk:
+                        chunks.append(self._infer_pool.submit(_infer_chunk, decoding, model))
+                        decoding = []
+            timings["fetch"] += (time.monotonic() - t0) * 1e3
+            if decoding:
+                chunks.append(self._infer_pool.submit(_infer_chunk, decoding, model))
+            done = [c.result() for c in chunks]
+        finally:
+            for c in chunks:
+                c.cancel()  # after an error: chunks not started yet are dropped with the batch
+        return _collect(batch, items, done, timings)
 
     def _submit_decode(self, it: _Item, data: bytes, size: int) -> Future[PermanentError | None]:
         """Decode on the pool; ``data`` goes back to the fetch budget when the job ends, or is cancelled
@@ -272,32 +277,6 @@ class ScoreHandler:
         n = len(data)
         job.add_done_callback(lambda f: self.fetcher.budget.release(n) if f.cancelled() else None)
         return job
-
-    def _infer(
-        self,
-        batch: Batch,
-        decoding: list[tuple[_Item, Future[PermanentError | None]]],
-        model: ServingModel,
-        scored: list[_Item],
-        probs: list[np.ndarray],
-        timings: dict[str, float],
-    ) -> None:
-        """Wait for the decodes in ``decoding`` (emptied), fail the undecodable, infer the rest."""
-        t0 = time.monotonic()
-        live = []
-        for it, job in decoding:
-            err = job.result()
-            if err is None:
-                live.append(it)
-            else:
-                batch.fail(it.record, err)
-        decoding.clear()
-        t1 = time.monotonic()
-        if live:
-            probs.append(model.predict(np.stack([it.array for it in live if it.array is not None])))
-            scored += live
-        timings["decode"] += (t1 - t0) * 1e3
-        timings["infer"] += (time.monotonic() - t1) * 1e3
 
     def _decode_one(self, it: _Item, data: bytes, size: int) -> PermanentError | None:
         """Runs on the decode pool. Whatever happens, ``data`` goes back to the fetch budget here; only an
@@ -364,3 +343,52 @@ class ScoreHandler:
             m.verdicts.labels(v.label, v.model_version).inc()
             m.e2e_seconds.observe(max(0.0, (now - v.submitted_at).total_seconds()))
         m.drift.observe([v.p_fake for v in verdicts])
+
+
+@dataclass
+class _Chunk:
+    """What the inference thread made of one chunk: the items it scored and their p_fake, the undecodable
+    ones with their errors (failed by the scoring thread: a ``Batch`` is not shared between threads), and
+    its milliseconds waiting for decodes and in the model."""
+
+    scored: list[_Item]
+    probs: np.ndarray
+    failed: list[tuple[_Item, PermanentError]]
+    decode_ms: float
+    infer_ms: float
+
+
+def _infer_chunk(decoding: list[tuple[_Item, Future[PermanentError | None]]], model: ServingModel) -> _Chunk:
+    """Runs on the inference thread: wait for the chunk's decodes, then run the model on the decodable."""
+    t0 = time.monotonic()
+    live, failed = [], []
+    for it, job in decoding:
+        err = job.result()
+        if err is None:
+            live.append(it)
+        else:
+            failed.append((it, err))
+    t1 = time.monotonic()
+    probs = np.zeros(0, dtype=np.float32)
+    if live:
+        probs = model.predict(np.stack([it.array for it in live if it.array is not None]))
+    return _Chunk(live, probs, failed, (t1 - t0) * 1e3, (time.monotonic() - t1) * 1e3)
+
+
+def _collect(
+    batch: Batch, items: list[_Item], chunks: list[_Chunk], timings: dict[str, float]
+) -> tuple[list[_Item], np.ndarray]:
+    """The scored items of every chunk back in the batch's order (so that verdicts do not depend on which
+    fetch finished first) with their p_fake; the undecodable are failed."""
+    scored: list[_Item] = []
+    for c in chunks:
+        for it, err in c.failed:
+            batch.fail(it.record, err)
+        scored += c.scored
+        timings["decode"] += c.decode_ms
+        timings["infer"] += c.infer_ms
+    if not scored:
+        return [], np.zeros(0, dtype=np.float32)
+    position = {id(it): n for n, it in enumerate(items)}
+    order = sorted(range(len(scored)), key=lambda k: position[id(scored[k])])
+    return [scored[k] for k in order], np.concatenate([c.probs for c in chunks if c.scored])[order]

@@ -65,3 +65,40 @@ def test_tiny_and_flat_images_have_zero_quality() -> None:
     hashes, quality = pdq.dihedral(np.full((3, 4, 3), 200, np.uint8))
     assert quality == 0 and not hashes.any()
     assert pdq.dihedral(np.full((64, 64, 3), 200, np.uint8))[1] < pdq.MIN_QUALITY
+
+
+def _reference_dihedral(img: np.ndarray) -> tuple[np.ndarray, int]:
+    vectors, quality = pdqhash.compute_dihedral(img)
+    return np.packbits(np.asarray(vectors, dtype=np.uint8), axis=1), int(quality)
+
+
+@given(
+    st.integers(5, 90),
+    st.integers(5, 90),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["noise", "smooth", "blocks"]),
+)
+def test_dihedral_is_the_reference_bit_for_bit(h: int, w: int, seed: int, kind: str) -> None:
+    # pdq.dihedral derives the 8 variants from the DCT in numpy instead of the binding's compute_dihedral;
+    # lists and imported hashes hold the reference's bits, so every bit and the quality must agree
+    # (blocks: few distinct coefficients, so ties at the median).
+    rng = np.random.default_rng(seed)
+    if kind == "noise":
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    elif kind == "smooth":
+        img = smooth_image(seed % 1000, h, w)
+    else:
+        img = np.repeat(rng.integers(0, 256, (1, 1, 3), dtype=np.uint8), h * w, 0).reshape(h, w, 3)
+        img[: h // 2, : w // 3] = rng.integers(0, 256, 3, dtype=np.uint8)
+    hashes, quality = pdq.dihedral(img)
+    expected, q = _reference_dihedral(img)
+    assert quality == q
+    assert np.array_equal(hashes, expected)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (4, 4), (3, 200), (200, 4)])
+def test_dihedral_of_images_the_reference_refuses_is_empty(shape: tuple[int, int]) -> None:
+    img = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    hashes, quality = pdq.dihedral(img)
+    expected, q = _reference_dihedral(img)
+    assert quality == q == 0 and not hashes.any() and not expected.any()
