@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 # Which inline images the scorer stores in the object store (ScorerSettings.persist_inline).
 PersistInline = Literal["all", "flagged", "none"]
 
+# Chunks per micro-batch at least, and images per chunk at least (below ~8 the model's per-call cost shows).
+_MIN_CHUNKS = 4
+_MIN_CHUNK = 8
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -247,6 +251,9 @@ class ScoreHandler:
         futures = self.fetcher.submit_within([it.msg for it in items], budget)
         decoding: list[tuple[_Item, Future[PermanentError | None]]] = []
         chunks: list[Future[_Chunk]] = []
+        # At least _MIN_CHUNKS chunks per batch: the small batches of a lightly loaded scorer overlap their
+        # fetches with the model too, instead of waiting for the last fetch before the first inference.
+        chunk = min(self.chunk, max(_MIN_CHUNK, -(-len(items) // _MIN_CHUNKS)))
         t0 = time.monotonic()
         try:
             with contextlib.closing(as_fetched(futures, budget)) as arrivals:
@@ -258,7 +265,7 @@ class ScoreHandler:
                         raise res  # the whole batch is retried; closing ``arrivals`` returns the budget
                     else:
                         batch.fail(it.record, res)
-                    if len(decoding) >= self.chunk:
+                    if len(decoding) >= chunk:
                         chunks.append(self._infer_pool.submit(_infer_chunk, decoding, model))
                         decoding = []
             timings["fetch"] += (time.monotonic() - t0) * 1e3

@@ -7,6 +7,7 @@ hash, or its reference when an inline image left unstored (``persist_inline=flag
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -65,12 +66,33 @@ class PostgresVerdictSink:
     def write(self, images: list[ImageRow], verdicts: list[Verdict]) -> None:
         with self.db.cursor() as cur:
             if images:
-                execute_values(cur, INSERT_IMAGES, [_image_values(i) for i in images])
+                # One statement per table and batch (the default pages of 100 rows made three round trips).
+                # Postgres refuses an upsert that meets one key twice, so a batch that holds the same image
+                # twice (a resubmission, a producer's retry) sends one row for it.
+                unique = _unique_images(images)
+                execute_values(cur, INSERT_IMAGES, [_image_values(i) for i in unique], page_size=len(unique))
             if verdicts:
-                execute_values(cur, INSERT_VERDICTS, [_verdict_values(v) for v in verdicts])
+                rows = [_verdict_values(v) for v in verdicts]
+                execute_values(cur, INSERT_VERDICTS, rows, page_size=len(rows))
 
     def close(self) -> None:
         self.db.close()
+
+
+def _unique_images(images: list[ImageRow]) -> list[ImageRow]:
+    """One row per image id: the first, with a PDQ hash or reference it lacks taken from a later one (what
+    the upsert would have done had the rows come one statement after the other)."""
+    first: dict[str, ImageRow] = {}
+    for row in images:
+        seen = first.get(row.id)
+        if seen is None:
+            first[row.id] = row
+        elif (seen.pdq is None and row.pdq is not None) or (seen.ref is None and row.ref is not None):
+            hashed = seen if seen.pdq is not None else row
+            first[row.id] = dataclasses.replace(
+                seen, ref=seen.ref or row.ref, pdq=hashed.pdq, pdq_quality=hashed.pdq_quality
+            )
+    return list(first.values())
 
 
 def _image_values(i: ImageRow) -> tuple[Any, ...]:

@@ -34,3 +34,16 @@ def test_an_image_row_gains_a_missing_reference_and_hash_but_never_loses_them(is
         assert _stored(iso)[0] == "s3://images/" + "ab" * 32
     finally:
         sink.close()
+
+
+def test_a_batch_that_holds_an_image_twice_is_written_in_one_statement(iso: StackSettings) -> None:
+    # Postgres refuses an upsert that meets one key twice in a statement (CardinalityViolation), which
+    # would fail the whole batch; the sink sends one row per image, as if the rows had come in turn.
+    sink = PostgresVerdictSink(iso.pg)
+    try:
+        sink.write(
+            [_row(None), _row("s3://images/" + "ab" * 32, "0f" * 32, 80), _row("s3://x", "22" * 32, 9)], []
+        )
+        assert _stored(iso) == ("s3://images/" + "ab" * 32, "0f" * 32, 80)
+    finally:
+        sink.close()
