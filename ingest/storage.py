@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -10,7 +9,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from ingest.errors import PermanentError
-from ingest.s3_read import CurlReader
+from ingest.s3_curl import CurlS3
 from ingest.settings import S3Settings
 
 
@@ -30,7 +29,7 @@ class ObjectStore(Protocol):
 
 
 class S3Store:
-    """``ObjectStore`` over the ``minio`` SDK, with reads through libcurl (``ingest.s3_read``): the scorer
+    """``ObjectStore`` over the ``minio`` SDK, with reads through libcurl (``ingest.s3_curl``): the scorer
     reads every image it scores, and the SDK's Python HTTP stack cost more than the model. A missing object
     is the record's fault (permanent); connection and server errors are transient for the loop."""
 
@@ -42,13 +41,13 @@ class S3Store:
             secure=s3.secure,
             region=s3.region,
         )
-        self.reader = CurlReader(s3)
+        self.curl = CurlS3(s3)
 
     def put(
         self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> ObjectInfo:
-        res = self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
-        return ObjectInfo(bucket, key, len(data), res.etag or "", content_type)
+        etag = self.curl.put(bucket, key, data, content_type)
+        return ObjectInfo(bucket, key, len(data), etag, content_type)
 
     def stat(self, bucket: str, key: str) -> ObjectInfo:
         try:
@@ -61,4 +60,4 @@ class S3Store:
 
     def get(self, bucket: str, key: str, max_bytes: int) -> bytes:
         """Read an object, refusing (permanently) one larger than ``max_bytes``."""
-        return self.reader.get(bucket, key, max_bytes)
+        return self.curl.get(bucket, key, max_bytes)
