@@ -1,10 +1,11 @@
 """S3 reads and writes through libcurl (``pycurl``): every image the scorer fetches or stores.
 
-The ``minio`` SDK signs each request in Python and moves it through urllib3: about 0.9 ms of the scorer's
-CPU per small GET with eight fetch threads contending for the GIL, and 1.4 ms per PUT. libcurl signs the
-request itself (``CURLOPT_AWS_SIGV4``) and does the whole transfer in C with the GIL released (0.16 ms per
-GET, 0.3 ms per PUT, measured on the same stack), so a thread holds the GIL only to set a URL and collect
-the bytes. Stats, listings and bucket management stay on the SDK: they are rare and not on the hot path.
+The ``minio`` SDK signs each request in Python and moves it through urllib3, so with the scorer's eight fetch
+threads contending for the GIL a small GET cost the scorer more CPU than the model. libcurl signs the request
+itself (``CURLOPT_AWS_SIGV4``) and does the whole transfer in C with the GIL released, so a thread holds the
+GIL only to set a URL and collect the bytes: about a quarter of the SDK's CPU per request
+(``python -m harness.s3_client_bench``, ``benchmarks/pipeline/s3_client.json``). Stats, listings and bucket
+management stay on the SDK: they are rare and not on the hot path.
 
 Errors keep the meaning the SDK path gave them. ``get``: a missing object or bucket, or an object larger
 than the cap, is the record's fault (``PermanentError``, worded as ``S3Store.get`` words it); a refusal
@@ -17,6 +18,7 @@ else, connection failures, timeouts and 5xx included, is ``TransientError``.
 from __future__ import annotations
 
 import io
+import os
 import re
 import threading
 from typing import Final
@@ -142,7 +144,8 @@ class CurlS3:
             curl.setopt(pycurl.FOLLOWLOCATION, 0)
             curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
             if self._secure:
-                curl.setopt(pycurl.CAINFO, certifi.where())
+                # The CA bundle the minio SDK used: SSL_CERT_FILE when set (a private CA), else certifi's.
+                curl.setopt(pycurl.CAINFO, os.environ.get("SSL_CERT_FILE") or certifi.where())
             self._local.curl = curl
             with self._lock:
                 self._handles.append(curl)

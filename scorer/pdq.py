@@ -96,9 +96,9 @@ def dihedral(rgb: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def single(rgb: np.ndarray) -> tuple[np.ndarray, int]:
-    """Only the hash of the image as given, as uint8 ``[1, 32]``, and the quality: about a third of
-    ``dihedral``'s CPU (0.055 vs 0.18 ms at 32x32 here), for deployments that accept missing flipped and
-    rotated re-uploads."""
+    """Only the hash of the image as given, as uint8 ``[1, 32]``, and the quality, for deployments that accept
+    missing flipped and rotated re-uploads. Since ``dihedral`` derives its variants from the same DCT, this
+    saves only their numpy step (on the order of a third of ``dihedral``'s time, not two thirds)."""
     _check_rgb(rgb)
     vector, quality = pdqhash.compute(rgb)
     return np.packbits(np.asarray(vector, dtype=np.uint8))[None, :], int(quality)

@@ -38,7 +38,7 @@ class SignalSettings(BaseModel):
     known_topic: str = KNOWN_CONTENT_UPDATES
     match_distance: int = Field(default=DEFAULT_MATCH_DISTANCE, ge=0, le=128)
     # True: look up the image's 8 flip/rotation variants (flipped or rotated re-uploads match). False: only
-    # the image as given, for a third of the hashing CPU (pdqhash holds the GIL while it hashes).
+    # the image as given, for somewhat less hashing CPU (the variants come from the same DCT: scorer/pdq.py).
     dihedral: bool = True
     # Images whose hash has less quality are not looked up. 0 by default: the quality floor that matters is
     # the lists' (the retrainer keeps hashes of quality < 50 off them, as featureless pictures hash alike),
