@@ -115,12 +115,11 @@ class CurlS3:
         except pycurl.error as e:
             raise TransientError(f"object store unavailable writing {where}: curl error {e}") from None
         finally:
-            # Back to a plain GET for the next request on this handle, holding no reference to the body.
+            # Nothing of this PUT stays on the handle for its next request, nor a reference to the body.
             curl.unsetopt(pycurl.CUSTOMREQUEST)
             curl.unsetopt(pycurl.HTTPHEADER)
             curl.unsetopt(pycurl.HEADERFUNCTION)
-            curl.setopt(pycurl.POSTFIELDS, b"")
-            curl.setopt(pycurl.HTTPGET, 1)
+            curl.setopt(pycurl.POSTFIELDS, b"")  # get() sets HTTPGET before its request
         status = curl.getinfo(pycurl.RESPONSE_CODE)
         if status != 200:
             code = _error_code(status, body.getvalue())

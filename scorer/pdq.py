@@ -82,26 +82,30 @@ def dihedral(rgb: np.ndarray) -> tuple[np.ndarray, int]:
     variant, 2,048 per image, under the GIL: most of its time). Here the binding computes only the DCT
     (``compute_float``, the reference C++), and numpy derives the 8 variants and thresholds each at its
     median, as the reference's ``pdqBuffer16x16ToBits`` does: the same bits for a fraction of the CPU."""
+    return _from_dct(rgb, slice(None))
+
+
+def single(rgb: np.ndarray) -> tuple[np.ndarray, int]:
+    """Only the hash of the image as given (row 0 of ``dihedral``), as uint8 ``[1, 32]``, and the quality,
+    for deployments that accept missing flipped and rotated re-uploads. The DCT is the same, so this saves
+    only the other seven rows' numpy step, a small part of the hashing."""
+    return _from_dct(rgb, slice(0, 1))
+
+
+def _from_dct(rgb: np.ndarray, rows: slice) -> tuple[np.ndarray, int]:
+    """The ``rows`` of ``VARIANTS``, hashed from the image's one DCT."""
     _check_rgb(rgb)
+    index, signs = _VARIANT_INDEX[rows], _VARIANT_SIGNS[rows]
     if min(rgb.shape[:2]) < _MIN_SIDE:
-        return np.zeros((len(VARIANTS), HASH_BYTES), dtype=np.uint8), 0
+        return np.zeros((len(index), HASH_BYTES), dtype=np.uint8), 0
     floats, quality = pdqhash.compute_float(rgb)
     # compute_float returns buffer16x16 flattened and reversed; undo the reversal: dct[16 * i + j].
     dct = np.asarray(floats, dtype=np.float32)[::-1]
-    variants = dct[_VARIANT_INDEX] * _VARIANT_SIGNS
+    variants = dct[index] * signs
     # The reference's median (Torben's) of 256 values is the 128th smallest; a bit is set above it.
     median = np.partition(variants, 127, axis=1)[:, 127:128]
     # Hash bit k is coefficient k; packbits wants bit 255 first.
     return np.packbits(variants[:, ::-1] > median, axis=1), int(quality)
-
-
-def single(rgb: np.ndarray) -> tuple[np.ndarray, int]:
-    """Only the hash of the image as given, as uint8 ``[1, 32]``, and the quality, for deployments that accept
-    missing flipped and rotated re-uploads. Since ``dihedral`` derives its variants from the same DCT, this
-    saves only their numpy step (on the order of a third of ``dihedral``'s time, not two thirds)."""
-    _check_rgb(rgb)
-    vector, quality = pdqhash.compute(rgb)
-    return np.packbits(np.asarray(vector, dtype=np.uint8))[None, :], int(quality)
 
 
 def _check_rgb(rgb: np.ndarray) -> None:

@@ -61,8 +61,9 @@ class ScorerSettings(ServiceSettings):
     persist_inline: PersistInline = "all"
     follow_models: bool = True
     decode_workers: int = Field(default=2, ge=1)
-    # Images per inference call inside a micro-batch: while one chunk is inferred the next ones are
-    # still being fetched, so smaller chunks overlap more; below ~32 the model's per-call cost shows.
+    # The most images per inference call inside a micro-batch: while one chunk is inferred the next ones
+    # are fetched and decoded, so smaller chunks overlap more. A small batch is cut into quarters of at
+    # least 8 images (scorer/handler.py).
     infer_chunk: int = Field(default=64, ge=1)
     fetch: FetchSettings = FetchSettings()
     limits: DecodeLimits = DecodeLimits()
