@@ -16,8 +16,11 @@ committed offsets, sampled every second). The last stdout line is one JSON objec
   ``bounded_lag`` = the lag never exceeded ``--max-lag`` (default: 30 seconds of offered load) and every
   offered image got its verdict once the load stopped.
 
-Without ``--rate`` three backlog phases measure the scorer's throughput first and the soak offers 80% of their
-median (``measured_images_per_s``; each run in ``measured_runs``).
+Without ``--rate`` the soak offers 80% of one scorer's *paced* capacity (``paced_capacity_images_per_s``,
+``harness.paced``): three backlog phases measure what one scorer drains (``measured_runs``, median
+``measured_images_per_s``), then ``--paced-probes`` probes of ``--paced-step`` seconds bisect between 30%
+and 100% of that for the highest paced rate it keeps up with, p99 within ``--paced-slo-ms`` (each probe in
+``paced_probes``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from harness.bench_inputs import prepare_images, upload
 from harness.machine import write_result
+from harness.paced import SLO_MS, paced_capacity
 from harness.pipeline_bench import Bench, VerdictCollector
 from harness.wait import wait_until
 from ingest.kafka import make_admin
@@ -57,6 +61,8 @@ SAMPLE_S = 1.0
 MAX_BATCH = 256  # the scorer's default micro-batch
 LAG_BOUND_S = 30  # default lag bound: this many seconds of offered load
 MAX_RUNS = 3  # backlog measurements of the maximum when no --rate is given (their median is used)
+PACED_LOW = 0.3  # the paced search's range, as shares of the backlog maximum
+SOAK_SHARE = 0.8  # of the paced capacity
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -218,29 +224,40 @@ def run_soak(args: argparse.Namespace) -> int:
     bench = Bench(stack, args)
     try:
         rate = args.rate
-        measured = None
+        measured, capacity = None, None
         runs: list[float] = []
+        probes: list[dict[str, Any]] = []
         if not rate:
-            # One 5,000-image backlog takes ~15 s here and its rate varied 246-382/s between runs on the
-            # same build (whatever else the two cores were doing), so the maximum is the median of three.
-            for i in range(MAX_RUNS):
-                runs.append(
-                    round(bench.backlog(f"A{i}", keys, args.n, scorers=1, max_batch=256)["images_per_s"], 1)
-                )
-                logger.info("backlog run %d: one scorer drains %.0f images/s", i + 1, runs[-1])
-            measured = float(np.median(runs))
-            rate = round(0.8 * measured, 1)
-            logger.info(
-                "one scorer drains %.0f images/s (median of %s); soaking at 80%%: %.1f/s",
+            measured, runs = _backlog_maximum(bench, keys, args.n)
+            capacity, probes = paced_capacity(
+                bench,
+                keys,
+                PACED_LOW * measured,
                 measured,
-                runs,
-                rate,
+                args.paced_probes,
+                args.paced_step,
+                args.paced_slo_ms,
             )
+            if capacity is None:
+                raise RuntimeError(
+                    f"one scorer kept up with no paced rate from {PACED_LOW * measured:.0f}/s up: "
+                    "is something else using the cores? (--rate R soaks at a rate of your choice)"
+                )
+            rate = round(SOAK_SHARE * capacity, 1)
+            logger.info("paced capacity %.1f images/s; soaking at 80%%: %.1f/s", capacity, rate)
         max_lag = args.max_lag if args.max_lag is not None else max(100, int(rate * LAG_BOUND_S))
         result = soak(bench, keys, rate, args.soak, args.interval, args.scorers, max_lag)
     finally:
         bench.delete_topics()
-    result.update(measured_images_per_s=measured, measured_runs=runs, images=described, cpus=os.cpu_count())
+    result.update(
+        measured_images_per_s=measured,
+        measured_runs=runs,
+        paced_capacity_images_per_s=capacity,
+        paced_probes=probes,
+        paced_slo_ms=args.paced_slo_ms if probes else None,
+        images=described,
+        cpus=os.cpu_count(),
+    )
     out = args.out if args.out != "benchmarks/pipeline/pipeline.json" else "benchmarks/pipeline/soak.json"
     write_result(out, result, "python -m harness.pipeline " + " ".join(sys.argv[1:]))
     print(json.dumps(result), flush=True)
@@ -249,8 +266,25 @@ def run_soak(args: argparse.Namespace) -> int:
     return 0 if result["flat_memory"] and result["bounded_lag"] else 1
 
 
+def _backlog_maximum(bench: Bench, keys: list[str], n: int) -> tuple[float, list[float]]:
+    """The median of ``MAX_RUNS`` backlog phases (one ``n``-image backlog takes ~15 s here and its rate
+    varied 246-382/s between runs on the same build, whatever else the two cores were doing)."""
+    runs = []
+    for i in range(MAX_RUNS):
+        runs.append(round(bench.backlog(f"A{i}", keys, n, scorers=1, max_batch=256)["images_per_s"], 1))
+        logger.info("backlog run %d: one scorer drains %.0f images/s", i + 1, runs[-1])
+    return float(np.median(runs)), runs
+
+
 def add_soak_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--soak", type=float, help="soak mode: offer --rate images/s for this many seconds")
     p.add_argument("--interval", type=float, default=60.0, help="soak: seconds per report line")
     p.add_argument("--scorers", type=int, default=1, help="soak: scorer processes in the group")
     p.add_argument("--max-lag", type=int, help="soak: lag bound (default: 30 seconds of offered load)")
+    p.add_argument(
+        "--paced-probes", type=int, default=5, help="soak without --rate: probes of the paced search"
+    )
+    p.add_argument("--paced-step", type=float, default=30.0, help="soak without --rate: seconds per probe")
+    p.add_argument(
+        "--paced-slo-ms", type=float, default=SLO_MS, help="soak without --rate: p99 a probe must stay within"
+    )

@@ -1,6 +1,6 @@
 """A short soak (``python -m harness.pipeline --soak 40 --interval 10 --rate 20``) on the running stack: the
 report has its keys, the scorer's memory is flat after the first interval and the consumer lag stays bounded.
-The long soak (600 s at 80% of the measured maximum) is documented in docs/reliability.md."""
+The long soak (600 s at 80% of the paced capacity, harness.paced) is documented in docs/reliability.md."""
 
 from __future__ import annotations
 
