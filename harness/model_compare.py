@@ -1,0 +1,111 @@
+"""``python -m harness.model_compare --data PATH --weights A --weights B``: two detectors side by side.
+
+For each weights file, on the final-report split (``harness.report_split``: nothing was tuned on it;
+``--report-fraction`` carves it for a model trained without one, e.g. v3 with 0.5): accuracy at the
+model's threshold and at 0.5, AUROC, ECE, and the accuracy drop under each robustness perturbation (JPEG,
+blur, resize). Then the served runtime's raw throughput (``scorer bench-model``'s measure) at batches of
+1, 32 and 256, the models alternated over ``--rounds`` on the same machine in the same run (median kept),
+because this VM's speed changes between runs more than two models of the same size differ. Writes
+``benchmarks/default_model/compare.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness.machine import write_result
+from harness.report_split import figures
+from ingest import cli
+from retrainer.evaluate import EvalConfig, evaluate
+from scorer.bench import bench_serving
+from scorer.engine import ServingModel
+
+logger = logging.getLogger(__name__)
+
+BATCHES = (1, 32, 256)
+
+
+def quality(weights: str, data: str, report_fraction: float | None, threads: int) -> dict[str, Any]:
+    """The report split's figures and robustness drops (points) for ``weights``."""
+    with tempfile.TemporaryDirectory(prefix="cifake-compare-") as tmp:
+        report = evaluate(
+            EvalConfig(
+                weights=weights,
+                data=data,
+                split="report",
+                out=tmp,
+                robustness=True,
+                report_fraction=report_fraction,
+                threads=threads,
+            )
+        )
+    model = report.get("model") or {}
+    out: dict[str, Any] = {
+        "version": model.get("version"),
+        "params": model.get("params"),
+        "sha256": model.get("sha256"),
+        **figures(report),
+    }
+    out["robustness_drop_points"] = {
+        name: round(100 * r["accuracy_drop"], 2) for name, r in (report.get("robustness") or {}).items()
+    }
+    return out
+
+
+def throughput(weights: list[str], rounds: int, min_time: float) -> list[dict[str, Any]]:
+    """``bench_serving`` per model, alternated ``rounds`` times; the median per batch size."""
+    models = [ServingModel.load(w, "cpu") for w in weights]
+    runs: list[list[dict[str, Any]]] = [[] for _ in models]
+    for r in range(rounds):
+        for i, m in enumerate(models):
+            runs[i].append(bench_serving(m, BATCHES, min_time))
+            logger.info("round %d, %s: %s", r + 1, weights[i], runs[i][-1])
+    out = []
+    for model_runs in runs:
+        row: dict[str, Any] = {k: v for k, v in model_runs[0].items() if not k.endswith("_images_per_s")}
+        for bs in BATCHES:
+            key = f"batch{bs}_images_per_s"
+            row[key] = round(statistics.median(run[key] for run in model_runs), 1)
+            row[f"{key}_runs"] = [run[key] for run in model_runs]
+        out.append(row)
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    rows = [quality(w, args.data, args.report_fraction, args.threads) for w in args.weights]
+    for row, speed in zip(rows, throughput(args.weights, args.rounds, args.min_time), strict=True):
+        row["bench_model"] = speed
+    return {"split": "report", "models": dict(zip(args.weights, rows, strict=True))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness.model_compare", description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="cifake-train.zip (or the CIFAKE folder)")
+    p.add_argument("--weights", action="append", required=True, help="a weights file or 'default'; twice")
+    p.add_argument(
+        "--report-fraction",
+        type=float,
+        help="for a model trained without a report split (v3: 0.5); a model with one must match it",
+    )
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--min-time", type=float, default=2.0, help="seconds timed per batch size and round")
+    p.add_argument("--out", default=str(Path("benchmarks/default_model/compare.json")))
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    cli.configure_logging(args.log_level)
+    result = run(args)
+    write_result(args.out, result, "python -m harness.model_compare " + " ".join(sys.argv[1:]))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
