@@ -50,12 +50,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from kafka.admin import NewTopic
 
 from harness.churn import write_atomically
 from harness.churn_load import BUCKET, delete_group, noise_pngs, upload
 from harness.churn_observe import end_offsets, model_versions, verdict_rows
 from harness.machine import machine_info
+from harness.topics import create_topics
 from harness.wait import wait_until
 from ingest.batch import Batch
 from ingest.cli import configure_logging
@@ -126,9 +126,7 @@ def private_topic(stack: StackSettings, run_id: str, partitions: int) -> Iterato
     names = [name, dlq_topic(name)]
     admin = make_admin(stack.kafka)
     try:
-        admin.create_topics([NewTopic(name, partitions, 1), NewTopic(names[1], 1, 1)])
-        wait_until(lambda: len(end_offsets(stack, name)) == partitions, 30, f"topic {name}", 0.2)
-        wait_until(lambda: len(end_offsets(stack, names[1])) == 1, 30, f"topic {names[1]}", 0.2)
+        create_topics(stack.kafka, {name: partitions, names[1]: 1})
         yield name
     finally:
         with contextlib.suppress(Exception):  # a leftover private topic harms nothing

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 from kafka import KafkaProducer
-from kafka.admin import NewTopic
 from PIL import Image
 
+from harness.topics import create_topics
 from ingest.contracts import ImageSubmitted, encode, utcnow
 from ingest.kafka import make_admin, make_producer
 from ingest.settings import StackSettings
@@ -44,7 +44,7 @@ def input_topic(stack: StackSettings, topic: str | None, run_id: str) -> Iterato
         replicas = len(shared["partitions"][0]["replica_nodes"])
         name = f"churn.{run_id}.submitted"
         names = [name, dlq_topic(name)]
-        admin.create_topics([NewTopic(n, partitions, replicas) for n in names], wait_for_metadata=True)
+        create_topics(stack.kafka, dict.fromkeys(names, partitions), replicas)
         try:
             yield name
         finally:

@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 import numpy as np
 import psycopg2
-from kafka.admin import NewTopic
 from PIL import Image
 from psycopg2 import sql
 from pydantic import SecretStr
 
 from deploy.provision import apply_migrations, discover_migrations
+from harness.topics import create_topics
 from harness.wait import wait_until
 from ingest.contracts import Feedback, ImageSubmitted, encode, utcnow
 from ingest.db import connect
@@ -48,17 +48,14 @@ class DriftEnv:
     def create(self) -> None:
         self._exec(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
         apply_migrations(self.stack.pg.dsn.get_secret_value(), discover_migrations())
-        admin = make_admin(self.stack.kafka)
-        try:
-            topics = {
-                self.submitted: 2,
-                self.submitted + ".dlq": 1,
-                self.feedback: 2,
-                self.feedback + ".dlq": 1,
-            }
-            admin.create_topics([NewTopic(n, p, 1) for n, p in {**topics, self.models: 1}.items()])
-        finally:
-            admin.close()
+        topics = {
+            self.submitted: 2,
+            self.submitted + ".dlq": 1,
+            self.feedback: 2,
+            self.feedback + ".dlq": 1,
+            self.models: 1,
+        }
+        create_topics(self.stack.kafka, topics)
 
     def close(self) -> None:
         admin = make_admin(self.stack.kafka)

@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 import psycopg2
-from kafka.admin import NewTopic
 from psycopg2 import sql
 
 from deploy.provision import apply_migrations, discover_migrations
 from harness.machine import machine_info
+from harness.topics import create_topics
 from harness.wait import wait_until
 from ingest.contracts import Feedback, ImageSubmitted, encode, utcnow
 from ingest.kafka import make_admin, make_producer
@@ -78,7 +78,7 @@ def own_schema(dsn: str) -> Iterator[str]:
 def own_topics(stack: StackSettings, names: list[str]) -> Iterator[None]:
     admin = make_admin(stack.kafka)
     try:
-        admin.create_topics([NewTopic(n, 1, 1) for n in names])
+        create_topics(stack.kafka, dict.fromkeys(names, 1))
         yield
     finally:
         admin.delete_topics(names)

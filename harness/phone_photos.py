@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kafka.admin import NewTopic
 from PIL import Image
 
 from harness.machine import ROOT, machine_info
+from harness.topics import create_topics
 from ingest.contracts import ImageSubmitted, encode, utcnow
 from ingest.db import connect
-from ingest.kafka import make_admin, make_producer
+from ingest.kafka import make_producer
 from ingest.settings import StackSettings, load
 from ingest.storage import S3Store
 
@@ -130,9 +130,7 @@ def _verdicts(stack: StackSettings, prefix: str) -> tuple[int, float | None]:
 def _stream(stack: StackSettings, files: list[Path], log_dir: Path) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     topic, prefix = f"bench.phones.{tag}", f"phone-{tag}-"
-    admin = make_admin(stack.kafka)
-    admin.create_topics([NewTopic(topic, 4, 1), NewTopic(topic + ".dlq", 1, 1)])
-    admin.close()
+    create_topics(stack.kafka, {topic: 4, topic + ".dlq": 1})
     store, producer = S3Store(stack.s3), make_producer(stack.kafka)
     total_bytes = 0
     for i, path in enumerate(files):

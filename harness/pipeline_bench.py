@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
 
 from harness.bench_inputs import inline_message, prepare_images, reference_message, upload
 from harness.cpu_meter import CpuMeter, stack_services
 from harness.machine import write_result
+from harness.topics import create_topics
 from harness.wait import wait_until
 from ingest.contracts import encode
 from ingest.db import connect
@@ -115,17 +115,7 @@ class Bench:
         """Switch to a fresh 2-partition topic (and its .dlq) for ``phase``."""
         self.topic = f"bench.{self.run_id}.{phase}"
         names = [self.topic, self.topic + ".dlq"]
-        admin = make_admin(self.stack.kafka)
-        try:
-            res = admin.create_topics([NewTopic(self.topic, 2, 1), NewTopic(names[1], 1, 1)])
-            # kafka-python returns per-topic errors instead of raising: a topic that silently failed to
-            # appear left the scorer waiting for metadata until the phase timed out.
-            failed = [t for t in (res or {}).get("topics", []) if t.get("error_code")]
-            if failed:
-                raise RuntimeError(f"could not create the bench topics: {failed}")
-            wait_until(lambda: set(names) <= set(admin.list_topics()), 60, f"topics {names}")
-        finally:
-            admin.close()
+        create_topics(self.stack.kafka, {names[0]: 2, names[1]: 1})
         self.topics += names
 
     def delete_topics(self) -> None:

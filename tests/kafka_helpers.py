@@ -6,9 +6,8 @@ import time
 from collections.abc import Iterable
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.admin import NewTopic
 
-from harness.wait import wait_until
+from harness import topics as harness_topics
 from ingest.kafka import make_admin, make_consumer, make_producer
 from ingest.loop import ConsumerLoop, Handler, LoopConfig
 from ingest.metrics import LoopMetrics
@@ -31,22 +30,7 @@ def create_topics(stack: StackSettings, partitions: dict[str, int]) -> None:
     """Create topics and wait until clients see every partition: a consumer group that joins before the
     metadata is there gets an empty first assignment and has to rebalance again, which makes tests slow
     and, on a loaded machine, flaky."""
-    admin = make_admin(stack.kafka)
-    try:
-        admin.create_topics([NewTopic(n, p, 1) for n, p in partitions.items()])
-        wait_until(lambda: set(partitions) <= set(admin.list_topics()), 30, f"topics {list(partitions)}")
-    finally:
-        admin.close()
-    consumer = KafkaConsumer(**stack.kafka.client_kwargs())
-    try:
-
-        def visible() -> bool:
-            consumer.topics()  # refreshes the cluster metadata
-            return all(len(consumer.partitions_for_topic(n) or ()) == p for n, p in partitions.items())
-
-        wait_until(visible, 30, f"metadata for {list(partitions)}", interval=0.2)
-    finally:
-        consumer.close()
+    harness_topics.create_topics(stack.kafka, partitions)
 
 
 def delete_topics(stack: StackSettings, names: list[str]) -> None:

@@ -8,9 +8,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from kafka.admin import NewTopic
 
-from harness.wait import wait_until
+from harness.topics import create_topics
 from ingest.contracts import DeadLetter, decode
 from ingest.delivery import Delivery, TopicLimits, broker_limits
 from ingest.kafka import make_admin, make_consumer, make_producer
@@ -27,12 +26,7 @@ LIMIT = 2000
 def small_topic(stack: StackSettings) -> Iterator[str]:
     """An output topic that accepts messages of at most ``LIMIT`` bytes."""
     name = f"test.small-out.{uuid.uuid4().hex[:8]}"
-    admin = make_admin(stack.kafka)
-    try:
-        admin.create_topics([NewTopic(name, 1, 1, topic_configs={"max.message.bytes": str(LIMIT)})])
-        wait_until(lambda: name in admin.list_topics(), 30, f"topic {name}")
-    finally:
-        admin.close()
+    create_topics(stack.kafka, {name: 1}, configs={"max.message.bytes": str(LIMIT)})
     yield name
     delete_topics(stack, [name])
 
