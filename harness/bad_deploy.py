@@ -51,10 +51,9 @@ from typing import Any
 
 import torch
 
-from harness.churn import write_atomically
 from harness.churn_load import BUCKET, delete_group, noise_pngs, upload
 from harness.churn_observe import end_offsets, model_versions, verdict_rows
-from harness.machine import machine_info
+from harness.machine import machine_info, write_json
 from harness.topics import create_topics
 from harness.wait import wait_until
 from ingest.batch import Batch
@@ -419,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kafka").setLevel(logging.WARNING)
     config = BadDeployConfig(n=args.n, hold_s=args.hold, seed=args.seed)
     result = run_bad_deploy(load(StackSettings), config)
-    write_atomically(args.out, result)
+    write_json(args.out, result, indent=1)
     print(summary(result), flush=True)
     return 0 if result["ok"] else 1
 

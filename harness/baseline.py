@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from harness.machine import machine_info
+from harness.machine import machine_info, write_json
 from ingest.cli import configure_logging
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "command": "python -m harness.baseline " + " ".join(argv or sys.argv[1:]),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc | result, indent=2) + "\n")
+    write_json(args.out, doc | result)
     print(json.dumps(result["ratios"] | {"out": args.out}), flush=True)
     return 0
 

@@ -45,9 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
-import os
 import random
 import signal
 import sys
@@ -69,7 +67,7 @@ from harness.churn_observe import (
     verdict_rows,
 )
 from harness.churn_scorers import KILL_PATTERN, Churner, ScorerPool, ScorerSpec
-from harness.machine import machine_info
+from harness.machine import machine_info, write_json
 from harness.wait import wait_until
 from ingest.cli import configure_logging
 from ingest.settings import StackSettings, env_file, load
@@ -289,13 +287,6 @@ def summary(r: dict[str, Any]) -> str:
     )
 
 
-def write_atomically(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.churn", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--duration", type=float, default=120.0, help="seconds of churn under load")
@@ -328,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like an exception: scorers stopped, private topic and group deleted.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     result = run_churn(load(StackSettings), config)
-    write_atomically(args.out, result)
+    write_json(args.out, result, indent=1)
     print(summary(result), flush=True)
     return 0 if result["ok"] else 1
 

@@ -9,31 +9,18 @@ selected on. Results go under ``benchmarks/explainer/`` and ``docs/figures/``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from harness.machine import write_json
 from ingest import cli
 from ingest.cli import Command, Handler, SubParsers
 
 METHOD_CHOICES = ["gradcam", "hirescam", "layercam"]
 
 logger = logging.getLogger("explainer")
-
-
-def _write_json(path: str, doc: dict[str, Any]) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are published results
-    os.replace(tmp, out)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -89,7 +76,7 @@ def _add_faithfulness(sub: SubParsers) -> Handler:
             seed=args.seed,
         )
         report["data"] = Path(args.data).name
-        _write_json(args.out, report)
+        write_json(args.out, report, indent=1)
         if args.plot:
             Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
             plot(report, args.plot)
@@ -125,7 +112,7 @@ def _add_evidence(sub: SubParsers) -> Handler:
             "data": Path(args.data).name,
             **aggregate(maps, ds.labels, ds.categories, ds.category_names, predicted),
         }
-        _write_json(args.out, report)
+        write_json(args.out, report, indent=1)
         if args.plot:
             Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
             plot(report, args.plot, ds.category_names)
@@ -149,7 +136,7 @@ def _add_bench(sub: SubParsers) -> Handler:
 
         result = bench(_load(args), args.method, args.batch, args.min_time, args.rounds)
         if args.out:
-            _write_json(args.out, result)
+            write_json(args.out, result, indent=1)
         return cli.print_result(result)
 
     return run

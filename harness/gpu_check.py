@@ -31,7 +31,7 @@ from unittest.mock import patch
 
 import numpy as np
 
-from harness.machine import ROOT, machine_info
+from harness.machine import ROOT, machine_info, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -263,11 +263,7 @@ def assemble(
 
 
 def write(path: str, doc: dict[str, Any]) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    tmp.replace(p)
+    write_json(path, doc, default=str)
 
 
 def parser() -> argparse.ArgumentParser:

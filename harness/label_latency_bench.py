@@ -36,7 +36,7 @@ import psycopg2
 from psycopg2 import sql
 
 from deploy.provision import apply_migrations, discover_migrations
-from harness.machine import machine_info
+from harness.machine import machine_info, write_json
 from harness.topics import create_topics
 from harness.wait import wait_until
 from ingest.contracts import Feedback, ImageSubmitted, encode, utcnow
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     result["backlog"] = args.backlog
     name = "label_latency_busy.json" if args.backlog else "label_latency.json"
-    (out_dir / name).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out_dir / name, result)
     return result
 
 

@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -55,11 +57,22 @@ def machine_info(
     }
 
 
-def write_result(out: str | None, result: dict[str, Any], command: str) -> None:
+def write_json(
+    path: str | Path, doc: dict[str, Any], indent: int = 2, default: Callable[[Any], Any] | None = None
+) -> None:
+    """Write ``doc`` to ``path`` whole or not at all (a temporary file renamed over it): a run stopped
+    while writing must not leave a truncated result where the docs link one."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(doc, indent=indent, default=default) + "\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are published results
+    os.replace(tmp, out)
+
+
+def write_result(out: str | Path | None, result: dict[str, Any], command: str) -> None:
     """The result file the docs quote: ``result`` with where it ran and the ``command`` that wrote it.
     Nothing is written when ``out`` is empty."""
-    if not out:
-        return
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": machine_info(), "command": command, **result}, indent=2) + "\n")
+    if out:
+        write_json(out, {"machine": machine_info(), "command": command, **result})

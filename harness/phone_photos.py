@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from harness.machine import ROOT, machine_info
+from harness.machine import ROOT, machine_info, write_json
 from harness.topics import create_topics
 from ingest.contracts import ImageSubmitted, encode, utcnow
 from ingest.db import connect
@@ -197,7 +197,7 @@ def main() -> int:
         result["stream"] = _stream(load(StackSettings), files, log_dir)
     if args.only in (None, "offline"):
         result["offline"] = _offline(files, log_dir)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
     return 0
 

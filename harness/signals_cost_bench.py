@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.machine import machine_info
+from harness.machine import machine_info, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,9 +87,7 @@ def main() -> int:
         "machine": machine_info(),
         "load": "Kafka, MinIO, PostgreSQL, the scorer(s) and the bench's producer/consumer share the machine",
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "pipeline_signals.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(Path(args.out) / "pipeline_signals.json", result)
     print(json.dumps({"benchmark": result["benchmark"], **medians}), flush=True)
     return 0
 
