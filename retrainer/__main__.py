@@ -58,6 +58,15 @@ def _add_train(sub: SubParsers) -> Handler:
         help="ship the model with flip test-time augmentation (fastnet; halves inference throughput)",
     )
     p.add_argument("--init", default=None, help="start from these weights (fine-tuning); sets parent_version")
+    p.add_argument(
+        "--teacher",
+        action="append",
+        default=[],
+        help="distil from these weights (repeat for an ensemble: their mean p_fake); see --distill",
+    )
+    p.add_argument(
+        "--distill", type=float, default=0.5, help="with --teacher: the teachers' share of each target"
+    )
     p.add_argument("--version", default=None, help="version string stored in the metadata")
     p.add_argument("--no-progress", action="store_true")
 
@@ -92,6 +101,8 @@ def _add_train(sub: SubParsers) -> Handler:
             resume=args.resume,
             tta_flip=args.tta_flip,
             init=args.init,
+            teachers=args.teacher,
+            distill=args.distill,
             version=args.version,
             progress=not args.no_progress,
         )

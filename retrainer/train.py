@@ -25,6 +25,7 @@ from torch import nn
 from retrainer.augment import jpeg_bank, random_flip_translate
 from retrainer.checkpoint import load_checkpoint, save_checkpoint
 from retrainer.data import CifakeSplit, dedup_index, load_split, split_report, split_train_val
+from retrainer.distill import soft_targets, teacher_p_fake
 from retrainer.metrics import auroc, best_threshold, ece, fit_temperature, nll
 from scorer.drift import META_KEY, reference_histogram
 from scorer.infer import memory_format, p_fake_from_logits, pick_device, predict_logits
@@ -71,6 +72,10 @@ class TrainConfig:
     init: str | None = None
     version: str | None = None
     progress: bool = True
+    # Knowledge distillation (retrainer.distill): the teachers' weights files and the weight of their
+    # probabilities in each training target; no teachers, plain labels.
+    teachers: list[str] = dataclasses.field(default_factory=list)
+    distill: float = 0.5
 
 
 @dataclass
@@ -265,6 +270,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     images = torch.from_numpy(tr.images)
     bank_t = torch.from_numpy(bank) if bank is not None else None
     labels = torch.from_numpy(tr.labels)
+    p_teacher = torch.from_numpy(teacher_p_fake(cfg.teachers, tr.images, device)) if cfg.teachers else None
 
     steps_per_epoch = len(tr) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
@@ -312,7 +318,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             x = augment_batch(
                 images[idx], bank_t[idx] if bank_t is not None else None, cfg.jpeg_p, cfg.shift, gen
             )
-            loss = train_step(model, opt, loss_fn, x, labels[idx], device, use_amp)
+            y = labels[idx] if p_teacher is None else soft_targets(labels[idx], p_teacher[idx], cfg.distill)
+            loss = train_step(model, opt, loss_fn, x, y, device, use_amp)
             state["step"] += 1
             if cfg.ema > 0:
                 _ema_update(ema, model, min(cfg.ema, (1 + state["step"]) / (10 + state["step"])))
