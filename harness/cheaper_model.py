@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import resource
 import statistics
@@ -35,7 +34,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime import quantization as q
 
-from harness.machine import write_result
+from harness.machine import publish
 from ingest import cli
 from scorer.engine import ServingModel
 from scorer.runtime import export_onnx
@@ -172,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cli.configure_logging(args.log_level)
     result = run(args)
-    write_result(args.out, result, "python -m harness.cheaper_model " + " ".join(sys.argv[1:]))
-    print(json.dumps(result), flush=True)
-    return 0
+    return publish(args.out, result, "harness.cheaper_model")
 
 
 if __name__ == "__main__":

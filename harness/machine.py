@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from importlib import metadata
@@ -76,3 +77,11 @@ def write_result(out: str | Path | None, result: dict[str, Any], command: str) -
     Nothing is written when ``out`` is empty."""
     if out:
         write_json(out, {"machine": machine_info(), "command": command, **result})
+
+
+def publish(out: str | Path | None, result: dict[str, Any], module: str, shown: Any = None) -> int:
+    """The end of a bench's ``main``: write ``result`` (``write_result``, with the command line that ran
+    ``python -m module``), print ``shown`` (default: the result) as one JSON line, return exit status 0."""
+    write_result(out, result, f"python -m {module} " + " ".join(sys.argv[1:]))
+    print(json.dumps(result if shown is None else shown), flush=True)
+    return 0

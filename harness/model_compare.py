@@ -12,7 +12,6 @@ because this VM's speed changes between runs more than two models of the same si
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -20,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness.machine import write_result
+from harness.machine import publish
 from harness.report_split import figures
 from ingest import cli
 from retrainer.evaluate import EvalConfig, evaluate
@@ -102,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cli.configure_logging(args.log_level)
     result = run(args)
-    write_result(args.out, result, "python -m harness.model_compare " + " ".join(sys.argv[1:]))
-    print(json.dumps(result), flush=True)
-    return 0
+    return publish(args.out, result, "harness.model_compare")
 
 
 if __name__ == "__main__":

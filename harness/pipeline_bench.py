@@ -38,7 +38,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from harness.bench_inputs import inline_message, prepare_images, reference_message, upload
 from harness.cpu_meter import CpuMeter, stack_services
-from harness.machine import write_result
+from harness.machine import publish
 from harness.topics import create_topics
 from harness.wait import wait_until
 from ingest.contracts import encode
@@ -371,9 +371,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "images": described,
         "cpus": os.cpu_count(),
     }
-    write_result(args.out, result, "python -m harness.pipeline " + " ".join(sys.argv[1:]))
-    print(json.dumps(result), flush=True)
-    return 0
+    return publish(args.out, result, "harness.pipeline")
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:

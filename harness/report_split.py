@@ -11,13 +11,12 @@ evaluation report goes to ``--report-dir``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness.machine import write_result
+from harness.machine import publish
 from ingest import cli
 from retrainer.evaluate import EvalConfig, evaluate
 
@@ -44,9 +43,7 @@ def run(args: argparse.Namespace) -> int:
     result = {"weights": args.weights, "model": report.get("model"), "split": "report", **figures(report)}
     if args.report_fraction is not None:
         result["report_fraction"] = args.report_fraction
-    write_result(args.out, result, "python -m harness.report_split " + " ".join(sys.argv[1:]))
-    print(json.dumps(result), flush=True)
-    return 0
+    return publish(args.out, result, "harness.report_split")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,6 @@ Writes ``benchmarks/pipeline/runtime.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import resource
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.machine import write_result
+from harness.machine import publish
 from ingest import cli
 from scorer.engine import ServingModel
 
@@ -98,9 +97,7 @@ def run(args: argparse.Namespace) -> int:
                 costs[f"{name}_threads{threads}_batch{batch}"] = c = cost(m, batch, args.min_time)
                 logger.info("%s, %d thread(s), batch %d: %s", name, threads, batch, c)
     result["cost"] = costs
-    write_result(args.out, result, "python -m harness.runtime_check " + " ".join(sys.argv[1:]))
-    print(json.dumps(result), flush=True)
-    return 0
+    return publish(args.out, result, "harness.runtime_check")
 
 
 def main(argv: list[str] | None = None) -> int:

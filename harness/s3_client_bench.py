@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import resource
 import statistics
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.bench_inputs import prepare_images, upload
-from harness.machine import write_result
+from harness.machine import publish
 from ingest import cli
 from ingest.settings import StackSettings, load
 from ingest.storage import S3Store
@@ -98,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cli.configure_logging(args.log_level)
     result = run(args)
-    write_result(args.out, result, "python -m harness.s3_client_bench " + " ".join(sys.argv[1:]))
-    print(json.dumps(result["median"]), flush=True)
-    return 0
+    return publish(args.out, result, "harness.s3_client_bench", result["median"])
 
 
 if __name__ == "__main__":
