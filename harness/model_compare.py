@@ -6,7 +6,8 @@ model's threshold and at 0.5, AUROC, ECE, and the accuracy drop under each robus
 blur, resize). Then the served runtime's raw throughput (``scorer bench-model``'s measure) at batches of
 1, 32 and 256, the models alternated over ``--rounds`` on the same machine in the same run (median kept),
 because this VM's speed changes between runs more than two models of the same size differ. Writes
-``benchmarks/default_model/compare.json``.
+``benchmarks/default_model/compare.json``. With ``--ensemble``, also the figures of the models' mean p_fake on
+the same split (``ensemble``): what a distillation teacher made of them would know (``retrainer.distill``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from harness.machine import publish
 from harness.report_split import figures
 from ingest import cli
-from retrainer.evaluate import EvalConfig, evaluate
+from retrainer.evaluate import EvalConfig, evaluate, load_eval_split
+from retrainer.metrics import auroc, ece
 from scorer.bench import bench_serving
 from scorer.engine import ServingModel
+from scorer.infer import p_fake_from_logits, predict_logits
+from scorer.weights import load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +83,29 @@ def throughput(weights: list[str], rounds: int, min_time: float) -> list[dict[st
     return out
 
 
+def ensemble(weights: list[str], data: str, report_fraction: float | None) -> dict[str, Any]:
+    """Accuracy at 0.5, AUROC and ECE of the models' mean p_fake on the report split (the first model's;
+    every model must have the same one, which ``evaluate`` has already checked for the rows)."""
+    models = [load_weights(w) for w in weights]
+    split = load_eval_split(data, "report", models[0][1], report_fraction)
+    ps = [p_fake_from_logits(predict_logits(m, split.images, meta.mean, meta.std)) for m, meta in models]
+    p, y = np.mean(ps, axis=0), split.labels
+    return {
+        "accuracy_at_0.5": float(((p >= 0.5).astype(np.int64) == y).mean()),
+        "auroc": auroc(y, p),
+        "ece": ece(y, p),
+        "n": len(y),
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = [quality(w, args.data, args.report_fraction, args.threads) for w in args.weights]
     for row, speed in zip(rows, throughput(args.weights, args.rounds, args.min_time), strict=True):
         row["bench_model"] = speed
-    return {"split": "report", "models": dict(zip(args.weights, rows, strict=True))}
+    result: dict[str, Any] = {"split": "report", "models": dict(zip(args.weights, rows, strict=True))}
+    if args.ensemble:
+        result["ensemble"] = ensemble(args.weights, args.data, args.report_fraction)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="for a model trained without a report split (v3: 0.5); a model with one must match it",
     )
+    p.add_argument("--ensemble", action="store_true", help="also the figures of the models' mean p_fake")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--min-time", type=float, default=2.0, help="seconds timed per batch size and round")
