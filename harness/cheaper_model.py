@@ -22,11 +22,9 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import resource
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime import quantization as q
 
+from harness.cpu_meter import per_call_cost
 from harness.machine import publish
 from ingest import cli
 from scorer.engine import ServingModel
@@ -92,18 +91,9 @@ def predict(sess: ort.InferenceSession, images: np.ndarray, batch: int = 256) ->
 
 
 def cpu_ms_per_image(sess: ort.InferenceSession, images: np.ndarray, min_time: float) -> float:
-    for _ in range(3):
-        sess.run(None, {"images": images})
-    n, c0, t0 = 0, _cpu(), time.perf_counter()
-    while n < 5 or time.perf_counter() - t0 < min_time:
-        sess.run(None, {"images": images})
-        n += 1
-    return 1e3 * (_cpu() - c0) / (n * len(images))
-
-
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    return per_call_cost(lambda: sess.run(None, {"images": images}), len(images), min_time)[
+        "cpu_ms_per_image"
+    ]
 
 
 def agreement(p_ref: np.ndarray, p: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:

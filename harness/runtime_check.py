@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from harness.cpu_meter import per_call_cost
 from harness.machine import publish
 from ingest import cli
 from scorer.engine import ServingModel
@@ -58,19 +57,7 @@ def cost(model: ServingModel, batch: int, min_time: float = 2.0) -> dict[str, fl
     images = np.random.default_rng(0).integers(
         0, 256, (batch, model.input_size, model.input_size, 3), np.uint8
     )
-    for _ in range(3):
-        model.predict(images)
-    n, c0, t0 = 0, _cpu(), time.perf_counter()
-    while n < 5 or time.perf_counter() - t0 < min_time:
-        model.predict(images)
-        n += 1
-    wall, cpu = time.perf_counter() - t0, _cpu() - c0
-    return {"images_per_s": round(n * batch / wall, 1), "cpu_ms_per_image": round(1e3 * cpu / (n * batch), 4)}
-
-
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    return per_call_cost(lambda: model.predict(images), batch, min_time)
 
 
 def run(args: argparse.Namespace) -> int:

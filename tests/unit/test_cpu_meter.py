@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from harness.cpu_meter import CpuMeter, stack_services, tree_cpu_seconds
+from harness.cpu_meter import CpuMeter, per_call_cost, stack_services, tree_cpu_seconds
 from harness.wait import wait_until
 
 # The grandchild burns 0.4 s of CPU, then waits on its stdin (inherited from the parent). The meter reads
@@ -40,3 +41,16 @@ def test_stack_services_from_pid_files(tmp_path: Path) -> None:
     (run / "kafka-3.pid").write_text("garbage")
     assert stack_services(str(tmp_path)) == {"kafka": [11, 12], "minio": [13], "postgres": [14]}
     assert stack_services(str(tmp_path / "missing")) == {}
+
+
+def test_per_call_cost_counts_cpu_not_wall() -> None:
+    def spin() -> None:
+        end = time.process_time() + 0.004
+        while time.process_time() < end:
+            pass
+
+    busy = per_call_cost(spin, items=4, min_time=0.05)
+    idle = per_call_cost(lambda: time.sleep(0.004), items=4, min_time=0.05)
+    assert busy["cpu_ms_per_image"] >= 0.9  # 4 ms of CPU per call of 4 items
+    assert idle["cpu_ms_per_image"] < 0.2 < busy["cpu_ms_per_image"]
+    assert 0 < busy["images_per_s"] <= 4 / 0.004 * 1.05
