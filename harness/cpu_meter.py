@@ -101,3 +101,24 @@ def per_call_cost(
         n += 1
     wall, cpu = time.perf_counter() - t0, process_cpu_seconds() - c0
     return {"images_per_s": round(n * items / wall, 1), "cpu_ms_per_image": round(1e3 * cpu / (n * items), 4)}
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of this machine have spent busy since boot (``/proc/stat``: everything but
+    idle and iowait), to tell how much else ran beside a measurement."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(x) for x in fields]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLK_TCK  # user nice system idle iowait irq softirq steal
+
+
+class OthersMeter:
+    """``start()`` then ``stop()``: the share of the machine's cores that processes other than this one
+    kept busy in between (0.0 = nothing else ran, 1.0 = every core busy with something else)."""
+
+    def start(self) -> None:
+        self._t0, self._busy0, self._own0 = time.perf_counter(), machine_busy_seconds(), process_cpu_seconds()
+
+    def stop(self) -> float:
+        wall = time.perf_counter() - self._t0
+        others = (machine_busy_seconds() - self._busy0) - (process_cpu_seconds() - self._own0)
+        return max(0.0, others) / (wall * (os.cpu_count() or 1))

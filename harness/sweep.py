@@ -1,9 +1,10 @@
 """Architecture sweep: train each candidate under the same CPU time budget, then tabulate and plot.
 
 ``python -m harness.sweep --data PATH --budget 150 --out benchmarks/sweep`` writes ``results.csv``,
-``results.md`` and ``pareto.png`` (validation accuracy vs CPU images/s at batch 256). Each candidate gets
-the same wall-clock budget with the learning-rate schedule following the clock, so small models see more
-epochs than large ones; that is the trade-off the sweep is meant to show for this machine.
+``results.md`` (with the machine, and how busy other processes kept it) and ``pareto.png`` (validation
+accuracy vs CPU images/s at batch 256). Each candidate gets the same wall-clock budget with the
+learning-rate schedule following the clock, so small models see more epochs than large ones; that is the
+trade-off the sweep is meant to show for this machine.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 
 import torch
 
+from harness.cpu_meter import OthersMeter
+from harness.machine import machine_info
 from ingest.cli import configure_logging
 from retrainer.train import TrainConfig, train
 from scorer.bench import images_per_second
@@ -48,6 +51,7 @@ FIELDS = (
     "val_ece",
     "cpu_images_per_s_b256",
     "budget_s",
+    "others_cpu_pct",
 )
 
 
@@ -108,7 +112,10 @@ def run_sweep(
         if (run_dir / "history.jsonl").exists():
             (run_dir / "history.jsonl").unlink()  # a rerun starts a fresh log
         logger.info("sweep: training %s for %.0fs", spec, budget)
+        others = OthersMeter()
+        others.start()
         result = train(cfg)
+        others_pct = round(100 * others.stop(), 1)
         model, meta = load_weights(result.weights)
         ips = bench_b256(model, meta.input_size)
         row = {
@@ -126,6 +133,9 @@ def run_sweep(
             "val_ece": round(meta.metrics["val_ece"], 4),
             "cpu_images_per_s_b256": round(ips),
             "budget_s": budget,
+            # What else kept the cores busy while this row trained: the table compares rows fairly only
+            # when this stays near 0 for all of them.
+            "others_cpu_pct": others_pct,
         }
         logger.info("sweep: %s", json.dumps(row))
         rows.append(row)
@@ -144,10 +154,12 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         if not r.get("train_images_per_s"):  # rows written before the column existed
             r["train_images_per_s"] = round(int(r["steps"]) * 256 / float(r["budget_s"]))
         r.update({k: int(r[k]) for k in ints} | {k: float(r[k]) for k in floats})
+        r.setdefault("others_cpu_pct", "")  # rows written before the column existed
     return rows
 
 
 def write_outputs(rows: list[dict[str, Any]], out: Path) -> None:
+    machine = machine_info()
     with (out / "results.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
@@ -159,7 +171,9 @@ def write_outputs(rows: list[dict[str, Any]], out: Path) -> None:
         "(2 torch threads, a shared machine), full de-duplicated train split, LR schedule following the",
         "clock; validation on the 10% split (seed 0). `cpu_images_per_s_b256` is raw inference, best of 3",
         "one-second runs at batch 256.",
-        "Made by `python -m harness.sweep` (see harness/sweep.py).",
+        "Made by `python -m harness.sweep` (see harness/sweep.py) on "
+        f"`{machine['cpu']}`, {machine['cores']} cores, commit `{machine['commit']}`. `others_cpu_pct`: the "
+        "share of the cores other processes kept busy while the row trained (0 = a quiet machine).",
         "",
         "| " + " | ".join(FIELDS) + " |",
         "|" + "---|" * len(FIELDS),

@@ -9,7 +9,18 @@ import sys
 import time
 from pathlib import Path
 
-from harness.cpu_meter import CpuMeter, per_call_cost, stack_services, tree_cpu_seconds
+import pytest
+
+from harness import cpu_meter
+from harness.cpu_meter import (
+    CpuMeter,
+    OthersMeter,
+    machine_busy_seconds,
+    per_call_cost,
+    process_cpu_seconds,
+    stack_services,
+    tree_cpu_seconds,
+)
 from harness.wait import wait_until
 
 # The grandchild burns 0.4 s of CPU, then waits on its stdin (inherited from the parent). The meter reads
@@ -54,3 +65,25 @@ def test_per_call_cost_counts_cpu_not_wall() -> None:
     assert busy["cpu_ms_per_image"] >= 0.9  # 4 ms of CPU per call of 4 items
     assert idle["cpu_ms_per_image"] < 0.2 < busy["cpu_ms_per_image"]
     assert 0 < busy["images_per_s"] <= 4 / 0.004 * 1.05
+
+
+def test_machine_busy_includes_this_process() -> None:
+    busy0, own0 = machine_busy_seconds(), process_cpu_seconds()
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    own = process_cpu_seconds() - own0
+    # /proc/stat counts in clock ticks: allow two of them per core.
+    assert machine_busy_seconds() - busy0 >= own - 4 / 100
+
+
+def test_others_meter_leaves_out_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = {"busy": 100.0, "own": 10.0, "wall": 0.0}
+    monkeypatch.setattr(cpu_meter, "machine_busy_seconds", lambda: clock["busy"])
+    monkeypatch.setattr(cpu_meter, "process_cpu_seconds", lambda: clock["own"])
+    monkeypatch.setattr(cpu_meter.time, "perf_counter", lambda: clock["wall"])
+    monkeypatch.setattr(cpu_meter.os, "cpu_count", lambda: 2)
+    meter = OthersMeter()
+    meter.start()
+    clock.update(busy=106.0, own=14.0, wall=4.0)  # 6 s busy in 4 s on 2 cores, 4 of them ours
+    assert meter.stop() == pytest.approx(2.0 / 8.0)
