@@ -168,7 +168,7 @@ def write_outputs(rows: list[dict[str, Any]], out: Path) -> None:
         "# CIFAKE architecture sweep",
         "",
         "Each candidate trained for `budget_s` seconds of wall-clock training on the 2-core CPU",
-        "(2 torch threads, a shared machine), full de-duplicated train split, LR schedule following the",
+        "(2 torch threads), full de-duplicated train split, LR schedule following the",
         "clock; validation on the 10% split (seed 0). `cpu_images_per_s_b256` is raw inference, best of 3",
         "one-second runs at batch 256.",
         "Made by `python -m harness.sweep` (see harness/sweep.py) on "
