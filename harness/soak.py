@@ -240,7 +240,8 @@ def run_soak(args: argparse.Namespace) -> int:
             )
             if capacity is None:
                 raise RuntimeError(
-                    f"one scorer kept up with no paced rate from {PACED_LOW * measured:.0f}/s up: "
+                    "one scorer kept up with none of the paced rates probed, the lowest "
+                    f"{min((p['rate'] for p in probes), default=PACED_LOW * measured):.0f}/s: "
                     "is something else using the cores? (--rate R soaks at a rate of your choice)"
                 )
             rate = round(SOAK_SHARE * capacity, 1)
