@@ -21,7 +21,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from retrainer.data import CifakeSplit, LayoutError, dedup_index, load_split, split_train_val
+from retrainer.data import (
+    CifakeSplit,
+    LayoutError,
+    dedup_index,
+    load_split,
+    split_report,
+    split_train_val,
+)
 from scorer.drift import reference_from_metrics
 from scorer.weights import ModelMeta
 
@@ -112,12 +119,23 @@ def reproduce_split(data: str, meta: ModelMeta) -> HeldOut:
     assert not np.intersect1d(train_idx, val_idx).size, "train and validation indices overlap"
     assert not np.isin(ds.hashes[val_idx], ds.hashes[train_idx]).any(), "a validation image is in train"
     expected = validation_count(meta)
-    if expected is not None and expected != len(val_idx):
+    tuned = tuning_count(ds, val_idx, meta)
+    if expected is not None and expected != tuned:
         raise SystemExit(
-            f"demo: the split of {data} has {len(val_idx)} validation images, {who}'s metadata "
+            f"demo: the split of {data} has {tuned} validation images to tune on, {who}'s metadata "
             f"{expected}: not the split the model was validated on"
         )
     return HeldOut(ds, train_idx, val_idx, seed, frac)
+
+
+def tuning_count(ds: CifakeSplit, val_idx: np.ndarray, meta: ModelMeta) -> int:
+    """How many of the validation images training tuned on: all of them, or, for a model trained with a
+    final-report split, the part of them left after carving it (both parts are held out of training)."""
+    fraction = float(meta.split.get("report_fraction", 0.0))
+    if not fraction:
+        return len(val_idx)
+    tune_idx, _ = split_report(ds, val_idx, fraction, int(meta.split["seed"]))
+    return len(tune_idx)
 
 
 def validation_count(meta: ModelMeta) -> int | None:

@@ -3,9 +3,9 @@
 The report split (``retrainer.data.split_report``) is the part of the validation split that nothing was tuned
 on: no early stopping, temperature or threshold. A model trained with ``--report-fraction`` has one in its
 metadata; for an older model (v1-v3, tuned on all of its validation split) ``--report-fraction`` carves the
-same kind of part out of its validation split, which it never trained on. Writes the figures at the
-model's threshold and at 0.5, with the machine, to ``benchmarks/default_model/report_split.json`` (the full
-evaluation report goes to ``--report-dir``).
+same kind of part out of its validation split, which it never trained on. Prints the figures at the
+model's threshold and at 0.5, and writes them with the machine to ``--out`` when given (the full evaluation
+report goes to ``--report-dir``). ``harness.model_compare`` measures several models this way in one run.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from pathlib import Path
 from typing import Any
 
 from harness.machine import publish
@@ -53,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--report-fraction",
         type=float,
-        help="for a model trained without a report split (the shipped v3: 0.5)",
+        help="for a model trained without a report split (v1-v3: 0.5)",
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--report-dir", help="keep the full evaluation report (HTML, figures) here")
-    p.add_argument("--out", default=str(Path("benchmarks/default_model/report_split.json")))
+    p.add_argument("--out", default="", help="also write the result file here")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     cli.configure_logging(args.log_level)

@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 
 from harness.demo import accuracy_lines
-from harness.demo_samples import DemoSet, Sample, load_samples, reproduce_split, validation_count
-from retrainer.data import load_split, split_train_val
+from harness.demo_samples import (
+    DemoSet,
+    Sample,
+    load_samples,
+    reproduce_split,
+    tuning_count,
+    validation_count,
+)
+from retrainer.data import load_split, split_report, split_train_val
 from retrainer.synthetic import make_synthetic_cifake
 from scorer.drift import reference_histogram
 from scorer.weights import DEFAULT_WEIGHTS, ModelMeta, read_meta
@@ -70,8 +77,20 @@ def test_the_count_in_the_metadata_is_checked(tmp_path: Path) -> None:
     assert validation_count(right) == n_val
     assert len(reproduce_split(str(data), right).val_idx) == n_val
     wrong = _meta(data, metrics={"val_pfake_hist": reference_histogram(np.full(n_val + 1, 0.5))})
-    with pytest.raises(SystemExit, match=f"has {n_val} validation images"):
+    with pytest.raises(SystemExit, match=f"has {n_val} validation images to tune on"):
         reproduce_split(str(data), wrong)
+    # A model trained with a final-report split tuned on what is left of it (v4); both parts are held out.
+    big = make_synthetic_cifake(tmp_path / "big.zip", n_per_class=200, as_zip=True)
+    ds = load_split(big, "train")
+    val = split_train_val(ds, 0.25, 3)[1]
+    n_tune = len(split_report(ds, val, 0.5, 3)[0])
+    assert 0 < n_tune < len(val)
+    carved = {"seed": 3, "val_fraction": 0.25, "report_fraction": 0.5}
+    hist = {"val_pfake_hist": reference_histogram(np.full(n_tune, 0.5))}
+    assert len(reproduce_split(str(big), _meta(big, split=carved, metrics=hist)).val_idx) == len(val)
+    everything = {"val_pfake_hist": reference_histogram(np.full(len(val), 0.5))}
+    with pytest.raises(SystemExit, match=f"has {n_tune} validation images to tune on"):
+        reproduce_split(str(big), _meta(big, split=carved, metrics=everything))
     # A fine-tuned model's histogram covers a subsample of its base's split: no count to check.
     assert validation_count(_meta(data, parent_version="base", metrics=wrong.metrics)) is None
 
@@ -128,5 +147,7 @@ def test_real_archive_reproduces_the_shipped_models_validation_split() -> None:
     meta = read_meta(DEFAULT_WEIGHTS)
     split = reproduce_split(str(REAL_ZIP), meta)
     assert split.ds.fingerprint == meta.data_fingerprint
-    assert len(split.val_idx) == validation_count(meta) == 10_000
+    assert len(split.val_idx) == 10_000
+    # v4 tuned on the part of them left after carving its final-report split.
+    assert validation_count(meta) == tuning_count(split.ds, split.val_idx, meta)
     assert len(split.train_idx) + len(split.val_idx) == len(split.ds)
