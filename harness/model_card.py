@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from retrainer.train import TrainConfig
+from scorer.engine import file_sha256
 from scorer.weights import ModelMeta, read_meta, resolve_weights
 
 OUT_DIR = Path("benchmarks/default_model")
@@ -79,6 +79,11 @@ def _row(label: str, cells: list[str]) -> str:
     return f"| {label} | " + " | ".join(cells) + " |"
 
 
+def _header(label: str, models: list[dict[str, Any]]) -> list[str]:
+    """A table's first two lines: ``label``, then one column per model."""
+    return [_row(label, [f"`{m['version']}`" for m in models]), _row("---", ["---"] * len(models))]
+
+
 def report_split_section(compare: dict[str, Any], models: list[dict[str, Any]]) -> list[str]:
     counts = models[0]["counts"]
     lines = [
@@ -90,8 +95,7 @@ def report_split_section(compare: dict[str, Any], models: list[dict[str, Any]]) 
         "the same way from its validation split: never trained on, though tuned on it. "
         f"From [`compare.json`](compare.json) (`{compare.get('command', '')}`).",
         "",
-        _row("metric", [f"`{m['version']}`" for m in models]),
-        _row("---", ["---"] * len(models)),
+        *_header("metric", models),
         _row("accuracy at threshold 0.5", [pct(m["accuracy_at_0.5"]) for m in models]),
         _row("accuracy at its threshold", [f"{pct(m['accuracy'])} ({m['threshold']:.2f})" for m in models]),
         _row("accuracy, duplicates counted once", [pct(m["accuracy_dedup"]) for m in models]),
@@ -105,7 +109,7 @@ def report_split_section(compare: dict[str, Any], models: list[dict[str, Any]]) 
         "Robustness: accuracy lost (points, at each model's threshold) when every image is perturbed:",
         "",
     ]
-    lines += [_row("perturbation", [f"`{m['version']}`" for m in models]), _row("---", ["---"] * len(models))]
+    lines += _header("perturbation", models)
     for name in names:
         lines.append(
             _row(name, [f"{m['robustness_drop_points'].get(name, float('nan')):.2f}" for m in models])
@@ -124,8 +128,7 @@ def throughput_section(compare: dict[str, Any], models: list[dict[str, Any]]) ->
         "a row means anything: this machine's speed moves between runs more than two models of one "
         "size differ.",
         "",
-        _row("images/s", [f"`{m['version']}`" for m in models]),
-        _row("---", ["---"] * len(models)),
+        *_header("images/s", models),
     ]
     for bs in (1, 32, 256):
         lines.append(_row(f"batch {bs}", [f"{b[f'batch{bs}_images_per_s']:,.1f}" for b in bench]))
@@ -262,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     path = resolve_weights(args.weights)
     compare = json.loads((folder / "compare.json").read_text())
     report = json.loads((folder / "report.json").read_text())
-    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    sha256 = file_sha256(path)
     if report.get("model", {}).get("sha256") != sha256:
         raise SystemExit(f"{folder / 'report.json'} is not about {path}: rerun retrainer evaluate on it")
     meta = read_meta(path)
